@@ -1,0 +1,223 @@
+"""Latent extraction and the versioned on-disk latent cache.
+
+A latent set holds, per image, what every context model needs: ŷ (M×h×w integers), the
+hyper features h = h_s(ẑ) (C_h×h×w, the Gaussian parameters predicted from ẑ alone), the
+bits of ẑ, and the pixel count of the original image (for bits per pixel).
+
+File format (``torch.save`` of a dict, loadable with ``weights_only=True``; the same format
+carries latents of any other codec)::
+
+    {"format": "orderopt-latents", "version": 1,
+     "model_hash": str,        # identifies the codec ("external" for other codecs)
+     "images_hash": str,       # identifies the image set
+     "entries": [{"name": str,
+                  "y_hat": int16 tensor (M, h, w),
+                  "hyper": float32 tensor (C_h, h, w),
+                  "z_bits": float,          # side-information bits (0 if unknown)
+                  "num_pixels": int}, ...]}
+
+Latents of another codec can also come as ``.npz`` with arrays ``y_hat`` (N, M, h, w),
+``hyper`` (N, C_h, h, w), ``num_pixels`` (N,) and optionally ``z_bits`` (N,) and ``names``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import NamedImage, images_fingerprint, pad_to_multiple
+from .errors import UserError
+from .model import HyperpriorCodec
+
+FORMAT = "orderopt-latents"
+VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$ORDEROPT_CACHE`` or ``~/.cache/orderopt``."""
+    return Path(os.environ.get("ORDEROPT_CACHE", Path.home() / ".cache" / "orderopt"))
+
+
+@dataclass(frozen=True)
+class LatentEntry:
+    name: str
+    y_hat: torch.Tensor  # (M, h, w) float32 holding integers
+    hyper: torch.Tensor  # (C_h, h, w) float32
+    z_bits: float
+    num_pixels: int
+
+
+@dataclass(frozen=True)
+class LatentSet:
+    entries: tuple[LatentEntry, ...]
+    model_hash: str
+    images_hash: str
+
+    def __post_init__(self):
+        if not self.entries:
+            raise UserError("latent set is empty")
+        m = {e.y_hat.shape[0] for e in self.entries}
+        c = {e.hyper.shape[0] for e in self.entries}
+        if len(m) > 1 or len(c) > 1:
+            raise UserError(f"latents disagree in channels: ŷ {sorted(m)}, hyper {sorted(c)}")
+        for e in self.entries:
+            if e.y_hat.dim() != 3 or e.hyper.dim() != 3 or e.y_hat.shape[1:] != e.hyper.shape[1:]:
+                raise UserError(
+                    f"latents of {e.name!r}: ŷ {tuple(e.y_hat.shape)} and hyper {tuple(e.hyper.shape)} "
+                    "must be (channels, h, w) of equal h and w"
+                )
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.entries[0].y_hat.shape[0])
+
+    @property
+    def hyper_channels(self) -> int:
+        return int(self.entries[0].hyper.shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    @property
+    def min_size(self) -> tuple[int, int]:
+        """Smallest latent height and width in the set."""
+        return (min(e.y_hat.shape[1] for e in self.entries), min(e.y_hat.shape[2] for e in self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def subset(self, names: Sequence[str]) -> LatentSet:
+        keep = set(names)
+        return LatentSet(tuple(e for e in self.entries if e.name in keep), self.model_hash, self.images_hash)
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model_hash": self.model_hash,
+            "images_hash": self.images_hash,
+            "entries": [
+                {
+                    "name": e.name,
+                    "y_hat": e.y_hat.to(torch.int16),
+                    "hyper": e.hyper.float(),
+                    "z_bits": float(e.z_bits),
+                    "num_pixels": int(e.num_pixels),
+                }
+                for e in self.entries
+            ],
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+
+def load_latents(path: str | Path) -> LatentSet:
+    """Read a latent file (``.pt`` in the format above, or ``.npz``); clear errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"latent file {path} does not exist")
+    if path.suffix == ".npz":
+        return _load_npz(path)
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(
+            f"latent file {path} cannot be read ({type(err).__name__}); is it truncated?"
+        ) from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise UserError(f"{path} is not an orderopt latent file (see orderopt.latents for the format)")
+    if d.get("version") != VERSION:
+        raise UserError(f"latent file {path} has version {d.get('version')}; this orderopt reads {VERSION}")
+    try:
+        entries = tuple(
+            LatentEntry(
+                str(e["name"]),
+                e["y_hat"].float(),
+                e["hyper"].float(),
+                float(e.get("z_bits", 0.0)),
+                int(e["num_pixels"]),
+            )
+            for e in d["entries"]
+        )
+    except (KeyError, AttributeError, TypeError) as err:
+        raise UserError(f"latent file {path} lacks a field of an entry: {err}") from None
+    return LatentSet(entries, str(d.get("model_hash", "external")), str(d.get("images_hash", "")))
+
+
+def _load_npz(path: Path) -> LatentSet:
+    try:
+        z = np.load(path, allow_pickle=False)
+        y_hat, hyper, npix = z["y_hat"], z["hyper"], z["num_pixels"]
+        z_bits = z["z_bits"] if "z_bits" in z else np.zeros(len(y_hat))
+        names = [str(n) for n in z["names"]] if "names" in z else [f"image{i}" for i in range(len(y_hat))]
+    except KeyError as err:
+        raise UserError(
+            f"latent file {path} lacks the array {err} (needs y_hat, hyper, num_pixels)"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"latent file {path} cannot be read as .npz ({err})") from None
+    if not (len(y_hat) == len(hyper) == len(npix) == len(z_bits) == len(names)):
+        raise UserError(f"latent file {path}: y_hat, hyper, num_pixels, z_bits and names differ in length")
+    if y_hat.ndim != 4 or hyper.ndim != 4:
+        raise UserError(f"latent file {path}: y_hat and hyper must be 4-D (N, channels, h, w)")
+    if not np.array_equal(y_hat, np.round(y_hat)):
+        raise UserError(f"latent file {path}: y_hat must hold quantized (integer) values")
+    entries = tuple(
+        LatentEntry(
+            n,
+            torch.from_numpy(np.asarray(y, np.float32)),
+            torch.from_numpy(np.asarray(h, np.float32)),
+            float(b),
+            int(p),
+        )
+        for n, y, h, b, p in zip(names, y_hat, hyper, z_bits, npix, strict=True)
+    )
+    return LatentSet(entries, "external", path.name)
+
+
+@torch.no_grad()
+def extract_latents(
+    model: HyperpriorCodec, images: Sequence[NamedImage], model_hash: str, progress: bool = True
+) -> LatentSet:
+    """Run g_a, h_a, h_s of ``model`` on every image (padded to a multiple of 64)."""
+    model.eval()
+    entries = []
+    for im in tqdm(images, desc="latents", unit="img", disable=not progress):
+        x, _ = pad_to_multiple(im.image[None])
+        a = model.analyze(x)
+        entries.append(LatentEntry(im.name, a.y_hat[0], a.hyper[0], float(a.z_bits[0]), im.num_pixels))
+    return LatentSet(tuple(entries), model_hash, images_fingerprint(list(images)))
+
+
+def cached_latents(
+    model: HyperpriorCodec,
+    model_hash: str,
+    images: Sequence[NamedImage],
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[LatentSet, Path]:
+    """Latents of ``images`` under ``model``, from the cache when model and images are
+    unchanged (keyed by both hashes), else extracted and cached. Returns the set and its file."""
+    images_hash = images_fingerprint(list(images))
+    path = Path(cache_dir or default_cache_dir()) / "latents" / f"{model_hash}-{images_hash}.pt"
+    if path.is_file():
+        try:
+            cached = load_latents(path)
+            if cached.model_hash == model_hash and cached.images_hash == images_hash:
+                return cached, path
+        except UserError:
+            pass  # a damaged or outdated cache file is rebuilt below
+    latents = extract_latents(model, images, model_hash, progress)
+    latents.save(path)
+    return latents, path

@@ -1,0 +1,288 @@
+"""The base codec: the mean-scale hyperprior of Minnen et al. 2018 without its context model.
+
+g_a/g_s are 4-layer convolutional transforms with GDN; h_a/h_s the hyper transforms; ẑ has a
+factorized prior; ŷ a Gaussian conditional whose mean and scale come from h = h_s(ẑ).
+The context models of :mod:`orderopt.context` refine exactly these Gaussians, with h as input.
+
+Quantisation: ŷ = round(y) and ẑ = round(z) (no mean offset), so that every context model
+codes the same ŷ and an order never changes the distortion. Training uses additive uniform
+noise for the rate and straight-through rounding for the synthesis input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+FORMAT = "orderopt-base"
+VERSION = 1
+SCALE_MIN = 0.11
+LIKELIHOOD_MIN = 1e-9
+SHIPPED = Path(__file__).parent / "weights" / "base.pt"
+
+
+class _LowerBound(torch.autograd.Function):
+    """max(x, bound) whose gradient still flows where it pushes x up (Ballé's trick)."""
+
+    @staticmethod
+    def forward(ctx, x, bound):
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return x.clamp_min(bound)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        pass_through = (x >= ctx.bound) | (grad < 0)
+        return grad * pass_through, None
+
+
+def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
+    return _LowerBound.apply(x, bound)
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Ballé et al. 2016); ``inverse=True`` gives IGDN."""
+
+    def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6, gamma_init: float = 0.1):
+        super().__init__()
+        self.inverse = inverse
+        self.pedestal = 2.0**-36
+        self.beta_bound = (beta_min + self.pedestal) ** 0.5
+        self.gamma_bound = self.pedestal**0.5
+        self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + self.pedestal))
+        self.gamma = nn.Parameter(torch.sqrt(gamma_init * torch.eye(channels) + self.pedestal))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = lower_bound(self.beta, self.beta_bound) ** 2 - self.pedestal
+        gamma = lower_bound(self.gamma, self.gamma_bound) ** 2 - self.pedestal
+        norm = F.conv2d(x * x, gamma[:, :, None, None], beta)
+        return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
+
+
+def conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+
+
+class FactorizedPrior(nn.Module):
+    """Per-channel learned density for ẑ (Ballé et al. 2018, "entropy bottleneck")."""
+
+    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3, 3), init_scale: float = 10.0):
+        super().__init__()
+        dims = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(filters) + 1):
+            init = math.log(math.expm1(1 / scale / dims[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, dims[i + 1], 1) - 0.5))
+            if i < len(filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+
+    def logits_cdf(self, v: torch.Tensor) -> torch.Tensor:
+        """Logit of the CDF at values ``v`` of shape (C, 1, n)."""
+        for i, (m, b) in enumerate(zip(self.matrices, self.biases, strict=True)):
+            v = torch.matmul(F.softplus(m), v) + b
+            if i < len(self.factors):
+                v = v + torch.tanh(self.factors[i]) * torch.tanh(v)
+        return v
+
+    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        """P(bin of width 1 around z) for z of shape (B, C, H, W)."""
+        b, c, h, w = z.shape
+        v = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
+        lower = self.logits_cdf(v - 0.5)
+        upper = self.logits_cdf(v + 0.5)
+        sign = -torch.sign(lower + upper).detach()
+        lik = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        lik = lik.reshape(c, b, h, w).permute(1, 0, 2, 3)
+        return lower_bound(lik, LIKELIHOOD_MIN)
+
+
+def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """P(integer bin of ŷ) under N(mean, scale²): the discretized Gaussian of the codec."""
+    scale = lower_bound(scale, SCALE_MIN)
+    v = torch.abs(y - mean)
+    upper = 0.5 * torch.erfc(-(0.5 - v) / (scale * math.sqrt(2)))
+    lower = 0.5 * torch.erfc(-(-0.5 - v) / (scale * math.sqrt(2)))
+    return lower_bound(upper - lower, LIKELIHOOD_MIN)
+
+
+def gaussian_bits(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Bits of every element of ŷ under N(mean, scale²) (elementwise, same shape as y)."""
+    return -torch.log2(gaussian_likelihood(y, mean, scale))
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the context models need of an image: ŷ, h = h_s(ẑ) and the bits of ẑ."""
+
+    y_hat: torch.Tensor  # (B, M, h, w), integers stored as float
+    hyper: torch.Tensor  # (B, 2M, h, w): Gaussian parameters predicted from ẑ alone
+    z_hat: torch.Tensor  # (B, N, h/4, w/4)
+    z_bits: torch.Tensor  # (B,) bits of ẑ under the factorized prior
+
+
+class HyperpriorCodec(nn.Module):
+    """Mean-scale hyperprior codec (Minnen et al. 2018 without the autoregressive part)."""
+
+    def __init__(self, N: int = 128, M: int = 192):
+        super().__init__()
+        self.N, self.M = N, M
+        self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, True), deconv(N, N), GDN(N, True), deconv(N, N), GDN(N, True), deconv(N, 3)
+        )
+        self.h_a = nn.Sequential(
+            conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N)
+        )
+        self.h_s = nn.Sequential(
+            deconv(N, M),
+            nn.LeakyReLU(inplace=True),
+            deconv(M, M * 3 // 2),
+            nn.LeakyReLU(inplace=True),
+            conv(M * 3 // 2, M * 2, 3, 1),
+        )
+        self.z_prior = FactorizedPrior(N)
+
+    @property
+    def arch(self) -> dict[str, int]:
+        return {"N": self.N, "M": self.M}
+
+    @staticmethod
+    def split_hyper(hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h = h_s(ẑ) holds (scales, means) in its two channel halves."""
+        scales, means = hyper.chunk(2, dim=1)
+        return means, scales
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass: noisy rates, straight-through rounded synthesis input."""
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
+        z_lik = self.z_prior.likelihood(z_noisy)
+        hyper = self.h_s(ste_round(z))
+        means, scales = self.split_hyper(hyper)
+        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
+        y_lik = gaussian_likelihood(y_noisy, means, scales)
+        x_hat = self.g_s(ste_round(y))
+        return {"x_hat": x_hat, "y_likelihood": y_lik, "z_likelihood": z_lik}
+
+    @torch.no_grad()
+    def analyze(self, x: torch.Tensor) -> Analysis:
+        """Quantized latents of padded images x (B, 3, H, W), H and W multiples of 64."""
+        y = self.g_a(x)
+        z_hat = torch.round(self.h_a(y))
+        z_bits = -torch.log2(self.z_prior.likelihood(z_hat)).flatten(1).sum(1)
+        return Analysis(torch.round(y), self.h_s(z_hat), z_hat, z_bits)
+
+    @torch.no_grad()
+    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.g_s(y_hat).clamp_(0, 1)
+
+
+def rd_loss(out: dict[str, torch.Tensor], x: torch.Tensor, lmbda: float) -> dict[str, torch.Tensor]:
+    """λ·255²·MSE + bpp (CompressAI's convention for λ)."""
+    num_pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    bpp_y = -torch.log2(out["y_likelihood"]).sum() / num_pixels
+    bpp_z = -torch.log2(out["z_likelihood"]).sum() / num_pixels
+    mse = F.mse_loss(out["x_hat"], x)
+    return {"loss": lmbda * 255**2 * mse + bpp_y + bpp_z, "bpp": bpp_y + bpp_z, "mse": mse}
+
+
+# --- checkpoints ------------------------------------------------------------------------
+def state_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """Content hash of a state dict (names, dtypes and values), 16 hex digits."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def make_checkpoint(
+    model: HyperpriorCodec, lmbda: float, training: dict[str, Any], half: bool = False
+) -> dict:
+    """A versioned checkpoint dict: architecture, λ, training record, weights and their hash."""
+    sd = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": model.arch,
+        "lmbda": lmbda,
+        "training": training,
+        "state_dict": sd,
+        "hash": state_hash(sd),
+    }
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and check a checkpoint file; clear errors for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"checkpoint {path} does not exist; train one with `python -m orderopt.train base` "
+            "or leave out --model to use the shipped model"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise UserError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}); is it truncated?"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(
+            f"{path} is not an orderopt base-model checkpoint (format {fmt!r}, expected {FORMAT!r})"
+        )
+    if ckpt.get("version") != VERSION:
+        raise UserError(
+            f"checkpoint {path} has version {ckpt.get('version')}, this orderopt reads version {VERSION}"
+        )
+    if state_hash(ckpt["state_dict"]) != ckpt.get("hash"):
+        raise UserError(f"checkpoint {path} is corrupt: its weights do not match the recorded hash")
+    return ckpt
+
+
+def load_model(path: str | Path | None = None) -> tuple[HyperpriorCodec, dict]:
+    """The base model of a checkpoint (the shipped one when ``path`` is None), in eval mode
+    and float32, with the checkpoint's metadata (everything but the weights)."""
+    ckpt = read_checkpoint(SHIPPED if path is None else path)
+    arch = ckpt["arch"]
+    model = HyperpriorCodec(int(arch["N"]), int(arch["M"]))
+    try:
+        model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(f"checkpoint {path} does not fit its recorded architecture {arch}: {first}") from None
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+    return model.eval(), meta
+
+
+def num_parameters(model: nn.Module) -> int:
+    return int(sum(np.prod(p.shape) for p in model.parameters()))

@@ -1,0 +1,192 @@
+"""Training commands.
+
+    python -m orderopt.train base --images DIR --lmbda L --steps S --out CKPT
+    python -m orderopt.train export --ckpt CKPT --out WEIGHTS   (fp16, no optimizer state)
+
+Training is resumable: run the same command again and it continues from ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import data
+from .errors import UserError, run_cli
+from .model import HyperpriorCodec, make_checkpoint, rd_loss, read_checkpoint
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write ``obj`` to ``path`` so that an interrupted write never leaves a broken file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def validate(model: HyperpriorCodec, images: list[torch.Tensor]) -> dict[str, float]:
+    """Mean bpp (from the likelihoods, ŷ = round(y)) and PSNR over whole images."""
+    was_training = model.training
+    model.eval()
+    bpps, psnrs = [], []
+    for x in images:
+        xp, size = data.pad_to_multiple(x[None])
+        out = model(xp)
+        npix = size[0] * size[1]
+        bits = -torch.log2(out["y_likelihood"]).sum() - torch.log2(out["z_likelihood"]).sum()
+        mse = torch.mean((data.crop_to(out["x_hat"].clamp(0, 1), size) - x[None]) ** 2)
+        bpps.append(float(bits) / npix)
+        psnrs.append(float(10 * torch.log10(1 / mse)))
+    model.train(was_training)
+    return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
+
+
+def _lr_at(step: int, total: int, lr: float) -> float:
+    """Constant, then ÷10 for the last 15% of the steps."""
+    return lr if step < 0.85 * total else lr * 0.1
+
+
+def train_base(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    train_paths = [p for d in args.images for p in data.find_images(d)]
+    val_images = (
+        [data.load_image(p) for p in data.find_images(args.val_images)[: args.val_count]]
+        if (args.val_images)
+        else []
+    )
+    sampler = data.CropSampler(train_paths, size=args.crop, seed=args.seed)
+    model = HyperpriorCodec(args.N, args.M)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step, history = 0, []
+    if out.exists():
+        ckpt = read_checkpoint(out)
+        state = ckpt.get("train_state")
+        if state is None:
+            raise UserError(f"{out} holds no training state (an exported model?); choose another --out")
+        if ckpt["arch"] != model.arch or ckpt["lmbda"] != args.lmbda:
+            raise UserError(
+                f"{out} was trained with {ckpt['arch']} and lambda {ckpt['lmbda']}, not {model.arch} and "
+                f"lambda {args.lmbda}; choose another --out or the same settings to resume"
+            )
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history = state["step"], ckpt["training"].get("validation", [])
+        print(f"resuming {out} at step {step}")
+
+    def save() -> None:
+        training = {
+            "images": [str(d) for d in args.images],
+            "num_images": len(train_paths),
+            "val_images": str(args.val_images) if args.val_images else None,
+            "steps": step,
+            "batch": args.batch,
+            "crop": args.crop,
+            "lr": args.lr,
+            "seed": args.seed,
+            "validation": history,
+        }
+        ckpt = make_checkpoint(model, args.lmbda, training)
+        ckpt["train_state"] = {
+            "step": step,
+            "optimizer": opt.state_dict(),
+            "sampler": sampler.state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        atomic_torch_save(ckpt, out)
+
+    model.train()
+    bar = tqdm(total=args.steps, initial=step, desc="train base", unit="step", dynamic_ncols=True)
+    t0, running = time.time(), []
+    while step < args.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, args.steps, args.lr)
+        x = sampler.sample(args.batch)
+        losses = rd_loss(model(x), x, args.lmbda)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        running.append(tuple(float(losses[k].detach()) for k in ("loss", "bpp", "mse")))
+        bar.update(1)
+        if step % 50 == 0:
+            loss, bpp, mse = np.mean(running[-50:], axis=0)
+            bar.set_postfix(loss=f"{loss:.3f}", bpp=f"{bpp:.3f}", psnr=f"{10 * np.log10(1 / mse):.2f}")
+        if val_images and (step % args.val_every == 0 or step == args.steps):
+            v = validate(model, val_images)
+            history.append({"step": step, **v, "elapsed_s": round(time.time() - t0, 1)})
+            bar.write(json.dumps(history[-1]))
+        if step % args.ckpt_every == 0 or step == args.steps:
+            save()
+    bar.close()
+    save()
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    """Strip a training checkpoint to fp16 weights plus metadata (what the package ships)."""
+    ckpt = read_checkpoint(args.ckpt)
+    model = HyperpriorCodec(**ckpt["arch"])
+    model.load_state_dict(ckpt["state_dict"])
+    shipped = make_checkpoint(model, ckpt["lmbda"], ckpt["training"], half=True)
+    atomic_torch_save(shipped, Path(args.out))
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB, hash {shipped['hash']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="python -m orderopt.train", description=__doc__, formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("base", help="train the base hyperprior codec", formatter_class=fmt)
+    b.add_argument(
+        "--images", nargs="+", required=True, help="training image folder(s), searched recursively"
+    )
+    b.add_argument("--val-images", help="validation image folder (bpp and PSNR every --val-every steps)")
+    b.add_argument("--val-count", type=int, default=24, help="number of validation images used")
+    b.add_argument(
+        "--lmbda", type=float, default=0.0067, help="rate-distortion trade-off λ (λ·255²·MSE + bpp)"
+    )
+    b.add_argument("--steps", type=int, default=100_000, help="total optimisation steps")
+    b.add_argument("--out", required=True, help="checkpoint file; resumed from when it exists")
+    b.add_argument("--N", type=int, default=128, help="channels of the transforms and of ẑ")
+    b.add_argument("--M", type=int, default=192, help="channels of the latent ŷ")
+    b.add_argument("--batch", type=int, default=8, help="crops per step")
+    b.add_argument("--crop", type=int, default=128, help="crop size in pixels")
+    b.add_argument(
+        "--lr", type=float, default=1e-4, help="Adam learning rate (÷10 for the last 15%% of steps)"
+    )
+    b.add_argument("--seed", type=int, default=0, help="random seed")
+    b.add_argument("--val-every", type=int, default=1000, help="validation interval in steps")
+    b.add_argument("--ckpt-every", type=int, default=200, help="checkpoint interval in steps")
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    b.set_defaults(func=train_base)
+    e = sub.add_parser(
+        "export", help="write fp16 shipped weights from a training checkpoint", formatter_class=fmt
+    )
+    e.add_argument("--ckpt", required=True, help="training checkpoint")
+    e.add_argument("--out", required=True, help="output weights file")
+    e.set_defaults(func=export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

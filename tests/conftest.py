@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from orderopt.model import HyperpriorCodec, make_checkpoint
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """A folder of three small random-texture images (PNG and JPEG, one nested)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    for name, size in [("a.png", (96, 80)), ("b.jpg", (64, 70)), ("sub/c.png", (130, 64))]:
+        arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(root / name)
+    return root
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return HyperpriorCodec(N=8, M=12).eval()
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path, tiny_model):
+    path = tmp_path / "tiny.pt"
+    torch.save(make_checkpoint(tiny_model, 0.01, {"steps": 0}), path)
+    return path

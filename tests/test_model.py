@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from orderopt.errors import UserError
+from orderopt.model import (
+    FactorizedPrior,
+    HyperpriorCodec,
+    gaussian_likelihood,
+    load_model,
+    make_checkpoint,
+    rd_loss,
+)
+
+
+def test_shapes_and_finite_rates(tiny_model):
+    x = torch.rand(2, 3, 128, 64)
+    out = tiny_model(x)
+    assert out["x_hat"].shape == x.shape
+    assert out["y_likelihood"].shape == (2, 12, 8, 4)
+    assert out["z_likelihood"].shape == (2, 8, 2, 1)
+    loss = rd_loss(out, x, 0.01)
+    assert all(torch.isfinite(v) for v in loss.values())
+    a = tiny_model.analyze(x)
+    assert torch.equal(a.y_hat, a.y_hat.round()) and a.hyper.shape == (2, 24, 8, 4)
+    assert a.z_bits.shape == (2,) and (a.z_bits > 0).all()
+
+
+def test_gaussian_likelihood_sums_to_one():
+    values = torch.arange(-40, 41).float()
+    for mean, scale in [(0.0, 1.0), (0.3, 2.5), (-1.7, 0.2)]:
+        p = gaussian_likelihood(values, torch.tensor(mean), torch.tensor(scale))
+        assert math.isclose(float(p.sum()), 1.0, abs_tol=1e-4)
+
+
+def test_factorized_prior_is_a_distribution():
+    prior = FactorizedPrior(3)
+    z = torch.arange(-400, 401).float().view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    p = prior.likelihood(z)
+    assert torch.allclose(p.sum(-1), torch.ones(1, 3, 1), atol=1e-3)
+
+
+def test_training_step_lowers_loss():
+    torch.manual_seed(0)
+    model = HyperpriorCodec(8, 8)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.rand(2, 3, 64, 64)
+    losses = []
+    for _ in range(10):
+        loss = rd_loss(model(x), x, 0.01)["loss"]
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
+
+
+def test_checkpoint_round_trip_and_fp16(tmp_path, tiny_model):
+    path = tmp_path / "m.pt"
+    torch.save(make_checkpoint(tiny_model, 0.02, {"steps": 5}, half=True), path)
+    model, meta = load_model(path)
+    assert meta["arch"] == {"N": 8, "M": 12} and meta["lmbda"] == 0.02 and meta["training"]["steps"] == 5
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(model.analyze(x).hyper, tiny_model.half().float().analyze(x).hyper, atol=1e-5)
+
+
+def test_shipped_model_loads():
+    model, meta = load_model()
+    assert meta["arch"]["M"] == model.M and len(meta["hash"]) == 16
+
+
+def test_bad_checkpoints(tmp_path, tiny_model):
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot be read"):
+        load_model(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UserError, match="not an orderopt base-model checkpoint"):
+        load_model(foreign)
+    ckpt = make_checkpoint(tiny_model, 0.01, {})
+    ckpt["version"] = 99
+    torch.save(ckpt, tmp_path / "v.pt")
+    with pytest.raises(UserError, match="version 99"):
+        load_model(tmp_path / "v.pt")
+    ckpt = make_checkpoint(tiny_model, 0.01, {})
+    ckpt["state_dict"]["g_a.0.bias"][0] += 1
+    torch.save(ckpt, tmp_path / "c.pt")
+    with pytest.raises(UserError, match="corrupt"):
+        load_model(tmp_path / "c.pt")
+    ckpt = make_checkpoint(tiny_model, 0.01, {})
+    ckpt["arch"] = {"N": 8, "M": 16}
+    torch.save(ckpt, tmp_path / "a.pt")
+    with pytest.raises(UserError, match="does not fit"):
+        load_model(tmp_path / "a.pt")

@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import torch
+
+from orderopt import train
+from orderopt.model import read_checkpoint
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "orderopt.train", *args], capture_output=True, text=True)
+
+
+def base_args(image_dir, out, steps):
+    return [
+        "base",
+        "--images",
+        str(image_dir),
+        "--val-images",
+        str(image_dir),
+        "--val-every",
+        "2",
+        "--ckpt-every",
+        "1",
+        "--steps",
+        str(steps),
+        "--N",
+        "8",
+        "--M",
+        "8",
+        "--batch",
+        "2",
+        "--crop",
+        "64",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+    ]
+
+
+def test_resume_equals_uninterrupted(tmp_path, image_dir):
+    straight = tmp_path / "straight.pt"
+    assert train.main(base_args(image_dir, straight, 4)) == 0
+    split = tmp_path / "split.pt"
+    assert train.main(base_args(image_dir, split, 2)) == 0
+    assert read_checkpoint(split)["train_state"]["step"] == 2
+    assert train.main(base_args(image_dir, split, 4)) == 0  # resumes from step 2
+    a, b = read_checkpoint(straight), read_checkpoint(split)
+    assert b["training"]["steps"] == 4 and len(b["training"]["validation"]) == 2
+    for k in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
+
+
+def test_export_is_fp16_without_state(tmp_path, image_dir):
+    ckpt = tmp_path / "c.pt"
+    train.main(base_args(image_dir, ckpt, 1))
+    out = tmp_path / "w.pt"
+    assert train.main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    w = read_checkpoint(out)
+    assert "train_state" not in w and w["state_dict"]["g_a.0.weight"].dtype == torch.float16
+
+
+def test_cli_errors_are_one_line(tmp_path, image_dir):
+    r = run("base", "--images", str(tmp_path / "none"), "--out", str(tmp_path / "x.pt"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+    out = tmp_path / "c.pt"
+    train.main(base_args(image_dir, out, 1))
+    r = run(*base_args(image_dir, out, 2)[:-4], "--M", "16", "--out", str(out))
+    assert r.returncode == 2 and "choose another --out" in r.stderr and "Traceback" not in r.stderr
