@@ -2,6 +2,8 @@
 
     python -m orderopt.train base --images DIR --lmbda L --steps S --out CKPT
     python -m orderopt.train export --ckpt CKPT --out WEIGHTS   (fp16, no optimizer state)
+    python -m orderopt.train context --train-images DIR --order "0,1;2,3" --out CKPT
+        (or --kind autoregressive|checkerboard|hyperprior, or --proxy --patch K)
 
 Training is resumable: run the same command again and it continues from ``--out``.
 """
@@ -20,7 +22,7 @@ from tqdm import tqdm
 
 from . import data
 from .errors import UserError, run_cli
-from .model import HyperpriorCodec, make_checkpoint, rd_loss, read_checkpoint
+from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -147,6 +149,74 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def latent_set(
+    images: str | None, latents: str | None, model_path: str | None, cache_dir: str | None, what: str
+):
+    """Latents from a latent file, or extracted (and cached) from images with the base model."""
+    from .latents import cached_latents, load_latents
+
+    if latents:
+        return load_latents(latents)
+    if what == "training" and not images:
+        raise UserError("give --train-images DIR (or --train-latents FILE) to train a context model on")
+    model, meta = load_model(model_path)
+    return cached_latents(model, meta["hash"], data.load_images(images), cache_dir)[0]
+
+
+def train_context(args: argparse.Namespace) -> int:
+    from . import orders
+    from .costs import CostTable, ProxyOracle
+    from .evaluate import write_json
+    from .fit import FitConfig, build_context, fit_context, measure
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    chosen = [args.order is not None, args.kind is not None, args.proxy]
+    if sum(chosen) != 1:
+        raise UserError("choose exactly one of --order, --kind and --proxy")
+    if args.kind:
+        spec = {"checkerboard": orders.checkerboard(), "hyperprior": orders.hyperprior_only()}.get(
+            args.kind, args.kind
+        )
+    elif args.order is not None:
+        spec = orders.DecodingOrder.parse(args.order)
+    train = latent_set(args.train_images, args.train_latents, args.model, args.cache_dir, "training")
+    held = latent_set(args.eval_images, args.eval_latents, args.model, args.cache_dir, "evaluation")
+    m, c = train.latent_channels, train.hyper_channels
+    if (held.latent_channels, held.hyper_channels) != (m, c):
+        raise UserError("training and evaluation latents come from different codecs (channel counts differ)")
+    if args.proxy:
+        if args.patch < 1:
+            raise UserError(f"--patch must be at least 1, got {args.patch}")
+        model = build_context("anyorder", m, c, patch=args.patch)
+        meta = {"kind": "anyorder", "patch": args.patch}
+    elif spec == "autoregressive":
+        model, meta = build_context("autoregressive", m, c), {"kind": "autoregressive"}
+    else:
+        model, meta = (
+            build_context("multistage", m, c, order=str(spec)),
+            {"kind": "multistage", "order": str(spec)},
+        )
+    meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
+    config = FitConfig(steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed)
+    out = Path(args.out)
+    fit_context(model, train, config, checkpoint=out, meta=meta, desc=f"train {meta['kind']}")
+    if args.proxy:
+        table = CostTable.from_oracle(ProxyOracle(model, held))
+        refs = {"raster": orders.raster(args.patch), **orders.published_orders(args.patch)}
+        result = {
+            name: {"order": str(o), "bits_per_latent": table.bits_per_latent(o), "bpp": table.bpp(o)}
+            for name, o in refs.items()
+        }
+    else:
+        result = measure(model, held)
+    report = {**meta, "config": vars(config), "held_out": result}
+    write_json(report, out.with_suffix(".json"))
+    summary = result if args.proxy else {k: result[k] for k in ("bits_per_latent", "bpp_y", "bpp")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="python -m orderopt.train", description=__doc__, formatter_class=fmt)
@@ -180,6 +250,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ckpt", required=True, help="training checkpoint")
     e.add_argument("--out", required=True, help="output weights file")
     e.set_defaults(func=export)
+    c = sub.add_parser("context", help="train a context model on cached latents", formatter_class=fmt)
+    what = c.add_argument_group("which context model (exactly one)")
+    what.add_argument("--order", help="multistage model of this order, e.g. '0,1;2,3'")
+    what.add_argument("--kind", choices=["autoregressive", "checkerboard", "hyperprior"], help="a baseline")
+    what.add_argument("--proxy", action="store_true", help="the any-order proxy of --patch")
+    c.add_argument("--patch", type=int, default=2, help="patch size of the proxy")
+    c.add_argument("--train-images", help="training image folder (latents extracted with --model and cached)")
+    c.add_argument("--train-latents", help="training latent file instead of --train-images")
+    c.add_argument("--eval-images", help="held-out image folder (default: the embedded photographs)")
+    c.add_argument("--eval-latents", help="held-out latent file instead of --eval-images")
+    c.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    c.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")
+    c.add_argument("--steps", type=int, default=3000, help="optimisation steps")
+    c.add_argument("--batch", type=int, default=16, help="latent crops per step")
+    c.add_argument("--crop", type=int, default=16, help="latent crop size (16 latents = 256 pixels)")
+    c.add_argument(
+        "--lr", type=float, default=1e-3, help="Adam learning rate (÷10 for the last 20%% of steps)"
+    )
+    c.add_argument("--seed", type=int, default=0, help="random seed")
+    c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    c.add_argument(
+        "--out", required=True, help="checkpoint (resumed from when it exists); results go to .json beside it"
+    )
+    c.set_defaults(func=train_context)
     return p
 
 

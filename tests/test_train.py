@@ -68,3 +68,37 @@ def test_cli_errors_are_one_line(tmp_path, image_dir):
     train.main(base_args(image_dir, out, 1))
     r = run(*base_args(image_dir, out, 2)[:-4], "--M", "16", "--out", str(out))
     assert r.returncode == 2 and "choose another --out" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
+    import json
+
+    common = [
+        "context",
+        "--train-images",
+        str(image_dir),
+        "--eval-images",
+        str(image_dir),
+        "--model",
+        str(tiny_ckpt),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--crop",
+        "4",
+    ]
+    out = tmp_path / "ms.pt"
+    assert train.main([*common, "--order", "0,1;2,3", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["order"] == "0,1;2,3" and res["held_out"]["bits_per_latent"] > 0
+    out = tmp_path / "proxy.pt"
+    assert train.main([*common, "--proxy", "--patch", "2", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert set(res["held_out"]) == {"raster", "paper", "tinylic"}
+    r = run(*common, "--order", "0,1;2", "--out", str(tmp_path / "x.pt"))
+    assert r.returncode == 2 and "lengths" in r.stderr and "Traceback" not in r.stderr
+    r = run(*common, "--order", "0,1;2,3", "--kind", "autoregressive", "--out", str(tmp_path / "x.pt"))
+    assert r.returncode == 2 and "exactly one" in r.stderr

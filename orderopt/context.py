@@ -1,0 +1,238 @@
+"""Spatial context models: each maps ŷ (B×M×H×W) and h = h_s(ẑ) (B×C_h×H×W) to the means
+and scales of the Gaussian of every latent, called as ``model(y_hat, hyper)``.
+
+All share the paper's shape: a linear context transform of ŷ (masked convolutions) gives
+features ``ctx`` (B×2M×H×W); an entropy-parameter network of 1×1 convolutions maps
+[h, ctx] to (means, scales). Its first layer is linear, so it is split into a hyper part and
+a context part; :mod:`orderopt.costs` exploits that to evaluate many decoded sets cheaply.
+
+- :class:`MultistageContext` (Lin et al. 2023) for any :class:`~orderopt.orders.DecodingOrder`:
+  one masked K×K convolution per in-patch position, evaluated as one strided convolution
+  per position (each 1/k² of the full size), so the whole model costs one convolution pass.
+  Checkerboard and hyperprior-only are just orders.
+- :class:`AutoregressiveContext` (Minnen et al. 2018): raster 5×5 mask-A context, evaluated in
+  parallel (training and rate measurement; decoding is serial).
+- :class:`AnyOrderContext`: the proxy. Its input is ŷ masked to a decoded set S, the mask, and
+  the one-hot in-patch position; trained on random S, it estimates c(S, q) for every q ∉ S.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import gaussian_bits
+from .orders import DecodingOrder
+
+
+class EntropyParameters(nn.Module):
+    """[h, ctx] → (means, scales) with 1×1 convolutions (widths as in Minnen et al.)."""
+
+    def __init__(self, latent_channels: int, hyper_channels: int, ctx_channels: int):
+        super().__init__()
+        m = latent_channels
+        w1, w2 = m * 10 // 3, m * 8 // 3
+        self.hyper_in = nn.Conv2d(hyper_channels, w1, 1)
+        self.ctx_in = nn.Conv2d(ctx_channels, w1, 1, bias=False)
+        self.rest = nn.Sequential(
+            nn.LeakyReLU(inplace=False),
+            nn.Conv2d(w1, w2, 1),
+            nn.LeakyReLU(inplace=False),
+            nn.Conv2d(w2, 2 * m, 1),
+        )
+
+    @property
+    def width(self) -> int:
+        return self.hyper_in.out_channels
+
+    def tail(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the first layer's pre-activation to (means, scales)."""
+        means, scales = self.rest(pre).chunk(2, dim=1)
+        return means, scales
+
+    def forward(self, hyper: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tail(self.hyper_in(hyper) + self.ctx_in(ctx))
+
+
+class ContextModel(nn.Module):
+    """Base class: ``forward(y_hat, hyper) -> (means, scales)``; ``bits`` gives per-element bits."""
+
+    def bits(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """Bits of every element of ŷ (B×M×H×W) under this context model."""
+        means, scales = self(y_hat, hyper)
+        return gaussian_bits(y_hat, means, scales)
+
+
+class MultistageContext(ContextModel):
+    """The multistage context model of one decoding order.
+
+    One masked ``kernel_size``² convolution (M → 2M) per in-patch position, the mask of
+    position q from :meth:`DecodingOrder.kernel_mask`, and one entropy-parameter network
+    shared by all stages.
+    """
+
+    def __init__(self, order: DecodingOrder, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
+        super().__init__()
+        self.order = order
+        self.kernel_size = kernel_size
+        k, m = order.patch, latent_channels
+        self.ctx_channels = 2 * m
+        self.weight = nn.Parameter(torch.empty(k * k, 2 * m, m, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(k * k, 2 * m))
+        for w in self.weight:
+            nn.init.kaiming_uniform_(w, a=5**0.5)
+        masks = torch.from_numpy(order.kernel_masks(kernel_size)).reshape(
+            k * k, 1, 1, kernel_size, kernel_size
+        )
+        self.register_buffer("mask", masks.float(), persistent=False)
+        self.entropy = EntropyParameters(m, hyper_channels, self.ctx_channels)
+
+    def context(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """Context features, one strided convolution per in-patch position (the fast form)."""
+        k, half = self.order.patch, self.kernel_size // 2
+        b, _, h, w = y_hat.shape
+        padded = F.pad(y_hat, (half, half, half, half))
+        weights = self.weight * self.mask
+        ctx = y_hat.new_empty(b, self.ctx_channels, h, w)
+        for q in range(k * k):
+            r, c = divmod(q, k)
+            if r >= h or c >= w:
+                continue
+            if not self.mask[q].any():  # first-stage positions see nothing: bias only
+                ctx[:, :, r::k, c::k] = self.bias[q].view(1, -1, 1, 1)
+            else:
+                ctx[:, :, r::k, c::k] = F.conv2d(padded[:, :, r:, c:], weights[q], self.bias[q], stride=k)
+        return ctx
+
+    def context_naive(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """Reference form: k² full masked convolutions, each kept only at its positions."""
+        k, half = self.order.patch, self.kernel_size // 2
+        ctx = torch.zeros(y_hat.shape[0], self.ctx_channels, *y_hat.shape[2:], dtype=y_hat.dtype)
+        for q in range(k * k):
+            r, c = divmod(q, k)
+            full = F.conv2d(y_hat, self.weight[q] * self.mask[q], self.bias[q], padding=half)
+            ctx[:, :, r::k, c::k] = full[:, :, r::k, c::k]
+        return ctx
+
+    def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.entropy(hyper, self.context(y_hat))
+
+    def stage_params(
+        self, y_hat: torch.Tensor, hyper: torch.Tensor, positions: list[tuple[int, int]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(means, scales) of the latents at the given in-patch positions only, each of shape
+        (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉): what a decoder computes at one stage."""
+        k, half = self.order.patch, self.kernel_size // 2
+        padded = F.pad(y_hat, (half, half, half, half))
+        out = []
+        for r, c in positions:
+            q = r * k + c
+            ctx = F.conv2d(padded[:, :, r:, c:], self.weight[q] * self.mask[q], self.bias[q], stride=k)
+            out.append(self.entropy(hyper[:, :, r::k, c::k], ctx))
+        return out
+
+
+def raster_mask(kernel_size: int = 5) -> torch.Tensor:
+    """Mask A of a raster-scan causal convolution: rows above, and left of centre."""
+    mask = torch.zeros(kernel_size, kernel_size)
+    half = kernel_size // 2
+    mask[:half] = 1
+    mask[half, :half] = 1
+    return mask
+
+
+class AutoregressiveContext(ContextModel):
+    """Serial raster context over all H·W positions (Minnen et al. 2018), 5×5 mask A."""
+
+    def __init__(self, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
+        super().__init__()
+        m = latent_channels
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv2d(m, 2 * m, kernel_size, padding=kernel_size // 2)
+        self.register_buffer("mask", raster_mask(kernel_size)[None, None], persistent=False)
+        self.entropy = EntropyParameters(m, hyper_channels, 2 * m)
+
+    def context(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(y_hat, self.conv.weight * self.mask, self.conv.bias, padding=self.kernel_size // 2)
+
+    def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.entropy(hyper, self.context(y_hat))
+
+
+def position_onehot(patch: int, height: int, width: int) -> torch.Tensor:
+    """(k², H, W): channel q is 1 where the in-patch position of the latent is q."""
+    k = patch
+    q = (torch.arange(height)[:, None] % k) * k + (torch.arange(width)[None, :] % k)
+    return F.one_hot(q, k * k).permute(2, 0, 1).float()
+
+
+def subset_mask(subset: int, patch: int, height: int, width: int) -> torch.Tensor:
+    """(H, W) 0/1 mask of the latents whose in-patch position is in the bitmask ``subset``."""
+    k = patch
+    q = (torch.arange(height)[:, None] % k) * k + (torch.arange(width)[None, :] % k)
+    return ((subset >> q) & 1).float()
+
+
+class AnyOrderContext(ContextModel):
+    """The proxy ("any-order") context model of a k×k patch.
+
+    Input: ŷ ⊙ 1_S, the mask 1_S and the one-hot in-patch position (k² channels), through one
+    K×K convolution (receptive field as in the multistage models), then the entropy-parameter
+    network with h. Decoded set S is a bitmask over the k² in-patch positions (bit r·k + c).
+    """
+
+    def __init__(self, patch: int, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
+        super().__init__()
+        self.patch = patch
+        self.kernel_size = kernel_size
+        m = latent_channels
+        self.conv = nn.Conv2d(m + 1 + patch * patch, 2 * m, kernel_size, padding=kernel_size // 2)
+        self.entropy = EntropyParameters(m, hyper_channels, 2 * m)
+
+    def inputs(self, y_hat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Stack [ŷ ⊙ mask, mask, one-hot position]; ``mask`` is (B, 1, H, W)."""
+        b, _, h, w = y_hat.shape
+        pos = position_onehot(self.patch, h, w).to(y_hat).expand(b, -1, -1, -1)
+        return torch.cat([y_hat * mask, mask, pos], dim=1)
+
+    def forward_masked(
+        self, y_hat: torch.Tensor, hyper: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian parameters of every latent given the decoded latents ``mask`` (B, 1, H, W)."""
+        return self.entropy(hyper, self.conv(self.inputs(y_hat, mask)))
+
+    def forward(
+        self, y_hat: torch.Tensor, hyper: torch.Tensor, subset: int | torch.Tensor = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parameters given the decoded set ``subset`` (bitmask int, or (B,) tensor of bitmasks)."""
+        b, _, h, w = y_hat.shape
+        subsets = (
+            torch.as_tensor(subset).reshape(-1).expand(b)
+            if torch.as_tensor(subset).numel() == 1
+            else (torch.as_tensor(subset))
+        )
+        mask = torch.stack([subset_mask(int(s), self.patch, h, w) for s in subsets])[:, None].to(y_hat)
+        return self.forward_masked(y_hat, hyper, mask)
+
+    @torch.no_grad()
+    def decompose(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split the first pre-activation into a part independent of S and one part per position.
+
+        Returns ``base`` (B, D, H, W) and ``parts`` (k², B, D, H, W) with
+        pre(S) = base + Σ_{p ∈ S} parts[p]: the convolution and the first 1×1 layer are linear
+        in [ŷ ⊙ 1_S, 1_S]. ``self.entropy.tail(pre(S))`` then gives the parameters for S.
+        """
+        k, (b, _, h, w) = self.patch, y_hat.shape
+        e = self.entropy
+        zeros = torch.zeros(b, 1, h, w, dtype=y_hat.dtype)
+        empty = self.conv(self.inputs(y_hat, zeros))  # bias + position terms
+        base = e.hyper_in(hyper) + e.ctx_in(empty)
+        w_nobias = self.conv.weight
+        parts = []
+        for p in range(k * k):
+            m = subset_mask(1 << p, k, h, w).to(y_hat)[None, None].expand(b, 1, h, w)
+            x = torch.cat([y_hat * m, m], dim=1)
+            lin = F.conv2d(x, w_nobias[:, : x.shape[1]], None, padding=self.kernel_size // 2)
+            parts.append(F.conv2d(lin, e.ctx_in.weight))
+        return base, torch.stack(parts)

@@ -1,0 +1,257 @@
+"""The cost oracle: stage costs c(S, q) and the rate of any order.
+
+c(S, q) is the number of bits spent on all latents at in-patch position q when they are
+decoded with exactly the positions S (tiled) as context. Because positions of one stage
+never see each other, the rate of an order is exact from these costs (design §2):
+
+    rate(order) = Σ_t Σ_{q in stage t} c(S_t, q),   S_t = positions of the stages before t.
+
+Decoded sets are bitmasks over the k² in-patch positions, bit r·k + c for (row, col).
+
+- :class:`ProxyOracle` computes c(S, q) from an :class:`~orderopt.context.AnyOrderContext`,
+  many S per batched pass. It precomputes, once, the part of the first pre-activation that
+  does not depend on S and one part per in-patch position (both are linear in the input), so
+  each further S costs a sum and the small 1×1 tail network at the undecoded positions only.
+- :class:`CostTable` stores the costs (full table or lazily filled), saves and loads them,
+  and gives the rate of any order, several positions per stage included.
+- :func:`dedicated_rate` trains the multistage model of one order (or a baseline) and measures
+  its held-out rate: the ground truth that the proxy is checked against.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .context import AnyOrderContext
+from .latents import LatentSet
+from .model import gaussian_bits
+from .orders import DecodingOrder, Position
+
+FORMAT = "orderopt-costs"
+VERSION = 1
+
+
+def bitmask(positions: Iterable[Position], patch: int) -> int:
+    """Bitmask of a set of in-patch positions."""
+    return sum(1 << (r * patch + c) for r, c in positions)
+
+
+class ProxyOracle:
+    """c(S, q) for any decoded set S, from a trained any-order proxy on held-out latents."""
+
+    def __init__(self, proxy: AnyOrderContext, latents: LatentSet, device: str | torch.device = "cpu"):
+        self.proxy = proxy.eval().to(device)
+        self.device = torch.device(device)
+        self.patch = k = proxy.patch
+        h_min, w_min = latents.min_size
+        if h_min < k or w_min < k:
+            raise ValueError(f"latents of {h_min}×{w_min} are smaller than the {k}×{k} patch")
+        self.num_elements = sum(e.y_hat.numel() for e in latents.entries)
+        self.num_pixels = sum(e.num_pixels for e in latents.entries)
+        self.z_bits = sum(e.z_bits for e in latents.entries)
+        # Per in-patch position q: its latents of all images side by side (as H=P, W=1).
+        bases, parts, ys = [[] for _ in range(k * k)], [[] for _ in range(k * k)], [[] for _ in range(k * k)]
+        with torch.no_grad():
+            for e in latents.entries:
+                y, h = e.y_hat[None].to(self.device), e.hyper[None].to(self.device)
+                base, part = proxy.decompose(y, h)
+                for q in range(k * k):
+                    r, c = divmod(q, k)
+                    bases[q].append(base[0, :, r::k, c::k].flatten(1))
+                    parts[q].append(part[:, 0, :, r::k, c::k].flatten(2))
+                    ys[q].append(y[0, :, r::k, c::k].flatten(1))
+        self._base = [torch.cat(b, 1)[None, :, :, None] for b in bases]  # (1, D, P_q, 1)
+        self._parts = [torch.cat(p, 2) for p in parts]  # (k², D, P_q)
+        self._y = [torch.cat(v, 1)[None, :, :, None] for v in ys]  # (1, M, P_q, 1)
+
+    @torch.no_grad()
+    def costs(self, subsets: Sequence[int], chunk: int = 0) -> np.ndarray:
+        """c(S, q) in bits for every S in ``subsets`` and every q: array (len(subsets), k²),
+        NaN where q ∈ S."""
+        k2 = self.patch**2
+        subsets = list(subsets)
+        out = np.full((len(subsets), k2), np.nan)
+        bits = torch.tensor(
+            [[(s >> p) & 1 for p in range(k2)] for s in subsets], dtype=torch.float32, device=self.device
+        )
+        for q in range(k2):
+            rows = [i for i, s in enumerate(subsets) if not (s >> q) & 1]
+            base, parts, y = self._base[q], self._parts[q], self._y[q]
+            per = max(1, chunk or int(2**25 // max(1, parts.shape[1] * parts.shape[2])))
+            for start in range(0, len(rows), per):
+                idx = rows[start : start + per]
+                pre = base + torch.einsum("nk,kdp->ndp", bits[idx], parts)[..., None]
+                means, scales = self.proxy.entropy.tail(pre)
+                out[idx, q] = gaussian_bits(y, means, scales).sum((1, 2, 3)).double().cpu().numpy()
+        return out
+
+
+class CostTable:
+    """Stage costs c(S, q) of one patch size on one latent set, filled fully or lazily.
+
+    ``table[S, q]`` holds bits (NaN: not computed, or q ∈ S). With an oracle attached,
+    missing rows are computed on demand, so that greedy and Optuna searches on large
+    patches touch only the subsets they visit.
+    """
+
+    def __init__(
+        self,
+        patch: int,
+        num_elements: int,
+        num_pixels: int,
+        z_bits: float,
+        table: np.ndarray | None = None,
+        oracle: ProxyOracle | None = None,
+        meta: dict | None = None,
+    ):
+        self.patch = patch
+        n = 1 << (patch * patch)
+        self.table = table if table is not None else np.full((n, patch * patch), np.nan)
+        self.known = ~np.all(np.isnan(self.table), axis=1)
+        self.known[n - 1] = True  # the full set has nothing left to decode
+        self.num_elements, self.num_pixels, self.z_bits = num_elements, num_pixels, z_bits
+        self.oracle = oracle
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_oracle(cls, oracle: ProxyOracle, meta: dict | None = None) -> CostTable:
+        """An empty table that fills itself from ``oracle`` as entries are asked for."""
+        return cls(
+            oracle.patch, oracle.num_elements, oracle.num_pixels, oracle.z_bits, oracle=oracle, meta=meta
+        )
+
+    def fill(self, subsets: Iterable[int] | None = None, batch: int = 256, progress: bool = False) -> None:
+        """Compute the rows of ``subsets`` (default: all) that are still missing."""
+        todo = [s for s in (range(len(self.table)) if subsets is None else subsets) if not self.known[s]]
+        if not todo:
+            return
+        if self.oracle is None:
+            raise ValueError("cost table is incomplete and has no oracle to fill it")
+        for start in tqdm(
+            range(0, len(todo), batch),
+            desc=f"costs {self.patch}×{self.patch}",
+            unit="batch",
+            disable=not progress or len(todo) <= batch,
+        ):
+            chunk = todo[start : start + batch]
+            self.table[chunk] = self.oracle.costs(chunk)
+            self.known[chunk] = True
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.known.all())
+
+    def cost(self, subset: int, q: int) -> float:
+        """c(S, q) in bits (q must not be in S)."""
+        if (subset >> q) & 1:
+            raise ValueError(f"position {divmod(q, self.patch)} is already in the decoded set")
+        self.fill([subset])
+        return float(self.table[subset, q])
+
+    def row(self, subset: int) -> np.ndarray:
+        """c(S, ·) for all q (NaN for q ∈ S)."""
+        self.fill([subset])
+        return self.table[subset]
+
+    def stage_costs(self, order: DecodingOrder) -> list[float]:
+        """Bits of every stage of ``order``: Σ_{q in stage t} c(S_t, q)."""
+        if order.patch != self.patch:
+            raise ValueError(
+                f"order {order} is {order.patch}×{order.patch}, the cost table {self.patch}×{self.patch}"
+            )
+        k = self.patch
+        self.fill([bitmask(s, k) for s, _ in order.schedule()])
+        return [
+            float(sum(self.table[bitmask(s, k), r * k + c] for r, c in pos)) for s, pos in order.schedule()
+        ]
+
+    def rate(self, order: DecodingOrder) -> float:
+        """Total bits of ŷ on the latent set under ``order``."""
+        return float(sum(self.stage_costs(order)))
+
+    def bits_per_latent(self, order: DecodingOrder) -> float:
+        return self.rate(order) / self.num_elements
+
+    def bpp(self, order: DecodingOrder) -> float:
+        """Total bits per pixel, ẑ included."""
+        return (self.rate(order) + self.z_bits) / self.num_pixels
+
+    def save(self, path: str | Path) -> None:
+        """Atomic ``.npz`` with the table, what is known, and the metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(
+            tmp,
+            format=FORMAT,
+            version=VERSION,
+            patch=self.patch,
+            table=self.table,
+            known=self.known,
+            num_elements=self.num_elements,
+            num_pixels=self.num_pixels,
+            z_bits=self.z_bits,
+            meta_keys=np.array(list(self.meta), dtype=str),
+            meta_values=np.array([str(v) for v in self.meta.values()], dtype=str),
+        )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path, oracle: ProxyOracle | None = None) -> CostTable:
+        path = Path(path)
+        try:
+            d = np.load(path, allow_pickle=False)
+            if str(d["format"]) != FORMAT or int(d["version"]) != VERSION:
+                raise ValueError
+            t = cls(
+                int(d["patch"]),
+                int(d["num_elements"]),
+                int(d["num_pixels"]),
+                float(d["z_bits"]),
+                table=d["table"].copy(),
+                oracle=oracle,
+                meta=dict(zip(d["meta_keys"].tolist(), d["meta_values"].tolist(), strict=True)),
+            )
+            t.known = d["known"].copy()
+        except (OSError, KeyError, ValueError) as err:
+            raise ValueError(
+                f"cost table {path} cannot be read or is not an orderopt cost table ({err})"
+            ) from None
+        return t
+
+
+def dedicated_rate(
+    spec: DecodingOrder | str,
+    train: LatentSet,
+    held_out: LatentSet,
+    config,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train the dedicated context model of ``spec`` (an order, or ``"autoregressive"``) on
+    ``train`` with ``config`` (a :class:`~orderopt.fit.FitConfig`) and measure ``held_out``.
+
+    Returns :func:`orderopt.fit.measure`'s dict. With ``checkpoint`` the training resumes and
+    the trained model is kept there.
+    """
+    from .fit import build_context, fit_context, measure
+
+    m, c = train.latent_channels, train.hyper_channels
+    if isinstance(spec, DecodingOrder):
+        model, meta = (
+            build_context("multistage", m, c, order=str(spec)),
+            {"kind": "multistage", "order": str(spec)},
+        )
+    elif spec == "autoregressive":
+        model, meta = build_context("autoregressive", m, c), {"kind": "autoregressive"}
+    else:
+        raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
+    meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
+    fit_context(model, train, config, checkpoint=checkpoint, meta=meta, progress=progress, desc=str(spec))
+    return measure(model, held_out)

@@ -1,0 +1,213 @@
+"""Training context models on cached latents, and measuring their held-out rate.
+
+Every model of a comparison is trained by :func:`fit_context` with the same latents, crop
+size, batch, steps and seed, so that the only difference is the context model itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import context as ctxm
+from .latents import LatentSet
+from .model import gaussian_bits, state_hash
+from .orders import DecodingOrder
+
+FORMAT = "orderopt-context"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    steps: int = 2000
+    batch: int = 16
+    crop: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def build_context(
+    kind: str, latent_channels: int, hyper_channels: int, order: str | None = None, patch: int | None = None
+) -> ctxm.ContextModel:
+    """A context model by kind: ``multistage`` (with ``order``), ``autoregressive`` or
+    ``anyorder`` (with ``patch``)."""
+    if kind == "multistage":
+        return ctxm.MultistageContext(DecodingOrder.parse(order), latent_channels, hyper_channels)
+    if kind == "autoregressive":
+        return ctxm.AutoregressiveContext(latent_channels, hyper_channels)
+    if kind == "anyorder":
+        return ctxm.AnyOrderContext(int(patch), latent_channels, hyper_channels)
+    raise ValueError(f"unknown context model kind {kind!r}")
+
+
+class LatentCrops:
+    """Random (ŷ, h) crops of ``crop``×``crop`` latents; offsets are multiples of 4 so that
+    every crop keeps the in-patch positions of patch sizes 1, 2 and 4."""
+
+    def __init__(self, latents: LatentSet, crop: int, seed: int):
+        self.entries = [e for e in latents.entries if min(e.y_hat.shape[1:]) >= crop]
+        if not self.entries:
+            raise ValueError(f"no training latents are at least {crop}×{crop}; use a smaller crop")
+        self.crop = crop
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ys, hs = [], []
+        for _ in range(batch):
+            e = self.entries[self.rng.integers(len(self.entries))]
+            h, w = e.y_hat.shape[1:]
+            i = 4 * self.rng.integers((h - self.crop) // 4 + 1)
+            j = 4 * self.rng.integers((w - self.crop) // 4 + 1)
+            ys.append(e.y_hat[:, i : i + self.crop, j : j + self.crop])
+            hs.append(e.hyper[:, i : i + self.crop, j : j + self.crop])
+        return torch.stack(ys), torch.stack(hs)
+
+
+def random_subsets(patch: int, batch: int, rng: np.random.Generator) -> list[int]:
+    """Decoded sets S as bitmasks, drawn as the first t positions of a random order with t
+    uniform in 0..k²−1 (so every q ∉ S has a context that some order produces)."""
+    n = patch * patch
+    out = []
+    for _ in range(batch):
+        perm = rng.permutation(n)[: rng.integers(n)]
+        out.append(int(sum(1 << int(p) for p in perm)))
+    return out
+
+
+def loss_bits(model: ctxm.ContextModel, y: torch.Tensor, h: torch.Tensor, rng: np.random.Generator):
+    """Mean bits per latent element of a batch; for the proxy, over the undecoded latents."""
+    if isinstance(model, ctxm.AnyOrderContext):
+        subsets = random_subsets(model.patch, y.shape[0], rng)
+        mask = torch.stack([ctxm.subset_mask(s, model.patch, *y.shape[2:]) for s in subsets])[:, None]
+        means, scales = model.forward_masked(y, h, mask)
+        todo = 1 - mask
+        return (gaussian_bits(y, means, scales) * todo).sum() / (todo.sum() * y.shape[1])
+    return model.bits(y, h).mean()
+
+
+def save_context(model: ctxm.ContextModel, path: Path, meta: dict, train_state: dict | None = None) -> None:
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, **meta, "state_dict": sd, "hash": state_hash(sd)}
+    if train_state is not None:
+        payload["train_state"] = train_state
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_context(path: str | Path) -> tuple[ctxm.ContextModel, dict]:
+    """A saved context model and its metadata; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"context model {path} does not exist; train it with `python -m orderopt.train context`"
+        )
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"context model {path} cannot be read ({type(err).__name__}); is it truncated?"
+        ) from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
+        raise ValueError(f"{path} is not an orderopt context model of version {VERSION}")
+    if state_hash(d["state_dict"]) != d.get("hash"):
+        raise ValueError(f"context model {path} is corrupt: weights do not match the recorded hash")
+    model = build_context(
+        d["kind"], d["latent_channels"], d["hyper_channels"], d.get("order"), d.get("patch")
+    )
+    model.load_state_dict(d["state_dict"])
+    return model.eval(), {k: v for k, v in d.items() if k != "state_dict"}
+
+
+def fit_context(
+    model: ctxm.ContextModel,
+    train: LatentSet,
+    config: FitConfig,
+    checkpoint: Path | None = None,
+    meta: dict | None = None,
+    progress: bool = True,
+    desc: str = "fit",
+) -> ctxm.ContextModel:
+    """Train ``model`` on random latent crops (Adam, lr ÷10 for the last 20% of steps).
+
+    With ``checkpoint`` the state is saved every 100 steps and training resumes from it.
+    """
+    torch.manual_seed(config.seed)
+    crops = LatentCrops(train, config.crop, config.seed)
+    rng = np.random.default_rng(config.seed + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    step = 0
+    if checkpoint is not None and checkpoint.is_file():
+        d = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if d.get("train_state") and d["train_state"]["config"] == asdict(config):
+            model.load_state_dict(d["state_dict"])
+            opt.load_state_dict(d["train_state"]["optimizer"])
+            crops.rng.bit_generator.state = d["train_state"]["crop_rng"]
+            rng.bit_generator.state = d["train_state"]["rng"]
+            torch.set_rng_state(d["train_state"]["torch_rng"])
+            step = d["train_state"]["step"]
+
+    def save():
+        if checkpoint is not None:
+            state = {
+                "config": asdict(config),
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "crop_rng": crops.rng.bit_generator.state,
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+            }
+            save_context(model, checkpoint, {**(meta or {}), "steps_done": step}, state)
+
+    model.train()
+    bar = tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not progress, leave=False)
+    while step < config.steps:
+        lr = config.lr if step < 0.8 * config.steps else config.lr * 0.1
+        for g in opt.param_groups:
+            g["lr"] = lr
+        y, h = crops.sample(config.batch)
+        loss = loss_bits(model, y, h, rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(bits=f"{float(loss.detach()):.4f}")
+        if step % 100 == 0:
+            save()
+    bar.close()
+    save()
+    return model.eval()
+
+
+@torch.no_grad()
+def measure(model: ctxm.ContextModel, latents: LatentSet) -> dict:
+    """Held-out rate of a (non-proxy) context model on whole latents.
+
+    Returns total bits of ŷ, bits per latent element, bpp of ŷ and total bpp with ẑ, and the
+    per-image bpp (for spreads).
+    """
+    model.eval()
+    bits, elements, pixels, z_bits, per_image = 0.0, 0, 0, 0.0, []
+    for e in latents.entries:
+        b = float(model.bits(e.y_hat[None], e.hyper[None]).sum())
+        bits += b
+        elements += e.y_hat.numel()
+        pixels += e.num_pixels
+        z_bits += e.z_bits
+        per_image.append({"name": e.name, "bpp_y": b / e.num_pixels, "bpp": (b + e.z_bits) / e.num_pixels})
+    return {
+        "bits": bits,
+        "bits_per_latent": bits / elements,
+        "bpp_y": bits / pixels,
+        "bpp": (bits + z_bits) / pixels,
+        "images": per_image,
+    }

@@ -1,0 +1,119 @@
+"""Context models must never look at latents that are not decoded yet."""
+
+import numpy as np
+import pytest
+import torch
+
+from orderopt import orders as o
+from orderopt.context import AnyOrderContext, AutoregressiveContext, MultistageContext, subset_mask
+
+M, CH = 3, 6
+
+
+def grad_support(model_fn, y, i, j):
+    """Latent positions (H×W bool) whose value influences the parameters predicted at (i, j)."""
+    y = y.clone().requires_grad_(True)
+    means, scales = model_fn(y)
+    (means[0, :, i, j].sum() + scales[0, :, i, j].sum()).backward()
+    return (y.grad[0].abs().sum(0) > 0).numpy()
+
+
+def window(h, w, i, j, half=2):
+    win = np.zeros((h, w), bool)
+    win[max(0, i - half) : i + half + 1, max(0, j - half) : j + half + 1] = True
+    return win
+
+
+def randomize(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model
+
+
+ORDERS = [
+    o.random_order(2, 0),
+    o.random_order(3, 1),
+    o.random_order(4, 2),
+    o.checkerboard(),
+    o.paper_order(4),
+    o.DecodingOrder("0,1,1;2,0,2;1,2,0"),
+]
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=str)
+def test_multistage_sees_exactly_decoded_neighbours(order):
+    model = randomize(MultistageContext(order, M, CH))
+    h, w = 9, 10  # not multiples of the patch: partial patches at the edges
+    y, hyper = torch.randn(1, M, h, w), torch.randn(1, CH, h, w)
+    stage = order.stage_map(h, w)
+    for i in range(h):
+        for j in range(w):
+            support = grad_support(lambda v: model(v, hyper), y, i, j)
+            expected = (stage < stage[i, j]) & window(h, w, i, j)
+            np.testing.assert_array_equal(support, expected, err_msg=f"latent ({i}, {j})")
+
+
+@pytest.mark.parametrize("order", ORDERS[:3], ids=str)
+def test_perturbing_undecoded_latents_changes_nothing(order):
+    model = randomize(MultistageContext(order, M, CH)).eval()
+    h, w = 8, 8
+    y, hyper = torch.randn(1, M, h, w), torch.randn(1, CH, h, w)
+    stage = torch.from_numpy(order.stage_map(h, w))
+    means, scales = model(y, hyper)
+    for t in range(order.num_stages):
+        y2 = torch.where(stage >= t, y + torch.randn_like(y) * 5, y)
+        m2, s2 = model(y2, hyper)
+        here = stage == t
+        assert torch.allclose(m2[..., here], means[..., here]) and torch.allclose(
+            s2[..., here], scales[..., here]
+        )
+        if t > 0:
+            y3 = torch.where(stage == t - 1, y + 1.0, y)
+            assert not torch.allclose(model(y3, hyper)[0][..., here], means[..., here])
+
+
+def test_autoregressive_is_raster_causal():
+    model = randomize(AutoregressiveContext(M, CH))
+    h, w = 7, 8
+    y, hyper = torch.randn(1, M, h, w), torch.randn(1, CH, h, w)
+    raster = np.arange(h * w).reshape(h, w)
+    for i in range(h):
+        for j in range(w):
+            support = grad_support(lambda v: model(v, hyper), y, i, j)
+            win = window(h, w, i, j)
+            np.testing.assert_array_equal(support, (raster < raster[i, j]) & win)
+
+
+@pytest.mark.parametrize("patch", [2, 3])
+def test_anyorder_sees_exactly_the_decoded_set(patch):
+    model = randomize(AnyOrderContext(patch, M, CH))
+    h, w = 7, 8
+    y, hyper = torch.randn(1, M, h, w), torch.randn(1, CH, h, w)
+    rng = np.random.default_rng(0)
+    for subset in rng.integers(0, 1 << patch**2, 4):
+        decoded = subset_mask(int(subset), patch, h, w).bool().numpy()
+        for i, j in [(0, 0), (3, 4), (6, 7), (2, 5)]:
+            if decoded[i, j]:
+                continue
+            support = grad_support(lambda v, s=int(subset): model(v, hyper, s), y, i, j)
+            np.testing.assert_array_equal(support, decoded & window(h, w, i, j))
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=str)
+@pytest.mark.parametrize("size", [(8, 8), (9, 11), (3, 5)])
+def test_strided_equals_naive(order, size):
+    model = randomize(MultistageContext(order, M, CH))
+    y = torch.randn(2, M, *size)
+    torch.testing.assert_close(model.context(y), model.context_naive(y), rtol=1e-5, atol=1e-5)
+
+
+def test_stage_params_match_full_forward():
+    order = o.paper_order(2)
+    model = randomize(MultistageContext(order, M, CH))
+    y, hyper = torch.randn(1, M, 6, 7), torch.randn(1, CH, 6, 7)
+    means, scales = model(y, hyper)
+    ((m01, s01),) = model.stage_params(y, hyper, [(0, 1)])
+    torch.testing.assert_close(m01, means[:, :, 0::2, 1::2])
+    torch.testing.assert_close(s01, scales[:, :, 0::2, 1::2])

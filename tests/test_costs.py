@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import torch
+
+from orderopt import orders as o
+from orderopt.context import AnyOrderContext, MultistageContext
+from orderopt.costs import CostTable, ProxyOracle, bitmask, dedicated_rate
+from orderopt.fit import FitConfig, fit_context, measure
+from orderopt.latents import LatentEntry, LatentSet
+from orderopt.model import gaussian_bits
+
+M, CH = 4, 8
+
+
+def random_latents(n=3, sizes=((8, 8), (9, 6), (7, 10)), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    entries = []
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        y = torch.randint(-3, 4, (M, h, w), generator=g).float()
+        y = y + torch.roll(y, 1, 2)  # some spatial correlation for the context to find
+        entries.append(LatentEntry(f"img{i}", y, torch.randn(CH, h, w, generator=g), 50.0, h * w * 256))
+    return LatentSet(tuple(entries), "test", "test")
+
+
+@pytest.fixture(scope="module")
+def proxy2():
+    torch.manual_seed(0)
+    return AnyOrderContext(2, M, CH).eval()
+
+
+def direct_cost(proxy, latents, subset, q):
+    """c(S, q) from plain forward passes, image by image."""
+    k, total = proxy.patch, 0.0
+    for e in latents.entries:
+        y, h = e.y_hat[None], e.hyper[None]
+        means, scales = proxy(y, h, subset)
+        bits = gaussian_bits(y, means, scales)[0]
+        r, c = divmod(q, k)
+        total += float(bits[:, r::k, c::k].sum().detach())
+    return total
+
+
+@pytest.mark.parametrize("patch", [2, 3])
+def test_oracle_equals_direct_forward(patch):
+    torch.manual_seed(patch)
+    proxy = AnyOrderContext(patch, M, CH).eval()
+    latents = random_latents()
+    oracle = ProxyOracle(proxy, latents)
+    subsets = [0, 1, 5, (1 << patch**2) - 2, 3]
+    table = oracle.costs(subsets, chunk=2)
+    for i, s in enumerate(subsets):
+        for q in range(patch**2):
+            if (s >> q) & 1:
+                assert np.isnan(table[i, q])
+            else:
+                assert table[i, q] == pytest.approx(direct_cost(proxy, latents, s, q), rel=1e-4)
+
+
+def test_rate_is_sum_of_stage_costs_and_matches_direct(proxy2):
+    latents = random_latents()
+    table = CostTable.from_oracle(ProxyOracle(proxy2, latents))
+    for order in [o.raster(2), o.checkerboard(), o.tinylic_order(), o.DecodingOrder("0,0;0,0")]:
+        stages = table.stage_costs(order)
+        assert len(stages) == order.num_stages
+        assert table.rate(order) == pytest.approx(sum(stages))
+        direct = sum(
+            direct_cost(proxy2, latents, bitmask(s, 2), r * 2 + c)
+            for s, pos in order.schedule()
+            for r, c in pos
+        )
+        assert table.rate(order) == pytest.approx(direct, rel=1e-4)
+    n = sum(e.y_hat.numel() for e in latents.entries)
+    assert table.bits_per_latent(o.raster(2)) == pytest.approx(table.rate(o.raster(2)) / n)
+
+
+def test_lazy_fill_and_save_load(tmp_path, proxy2):
+    latents = random_latents()
+    table = CostTable.from_oracle(ProxyOracle(proxy2, latents), meta={"proxy": "x"})
+    table.rate(o.raster(2))
+    assert table.known.sum() == 5  # 4 stages + the full set
+    path = tmp_path / "t.npz"
+    table.save(path)
+    loaded = CostTable.load(path)
+    assert not loaded.complete and loaded.meta == {"proxy": "x"}
+    assert loaded.rate(o.raster(2)) == pytest.approx(table.rate(o.raster(2)))
+    with pytest.raises(ValueError, match="no oracle"):
+        loaded.rate(o.tinylic_order())
+    table.fill(progress=False)
+    assert table.complete
+    (tmp_path / "bad.npz").write_bytes(b"x")
+    with pytest.raises(ValueError, match="cannot be read"):
+        CostTable.load(tmp_path / "bad.npz")
+
+
+def test_latents_smaller_than_patch_rejected(proxy2):
+    tiny = LatentSet((LatentEntry("t", torch.zeros(M, 1, 5), torch.zeros(CH, 1, 5), 0.0, 80),), "h", "h")
+    with pytest.raises(ValueError, match="smaller than the 2×2 patch"):
+        ProxyOracle(proxy2, tiny)
+
+
+def test_proxy_and_dedicated_training_learn():
+    train, held = random_latents(6, seed=1), random_latents(3, seed=2)
+    cfg = FitConfig(steps=60, batch=4, crop=4, lr=3e-3, seed=0)
+    torch.manual_seed(0)
+    proxy = AnyOrderContext(2, M, CH)
+    before = CostTable.from_oracle(ProxyOracle(proxy.eval(), held)).rate(o.raster(2))
+    fit_context(proxy, train, cfg, progress=False)
+    after = CostTable.from_oracle(ProxyOracle(proxy, held)).rate(o.raster(2))
+    assert after < before
+    torch.manual_seed(0)
+    untrained = measure(MultistageContext(o.raster(2), M, CH), held)
+    r = dedicated_rate(o.raster(2), train, held, cfg, progress=False)
+    assert 0 < r["bits_per_latent"] < untrained["bits_per_latent"] and len(r["images"]) == 3
+    ar = dedicated_rate("autoregressive", train, held, cfg, progress=False)
+    assert ar["bits"] > 0
+    with pytest.raises(ValueError, match="unknown dedicated"):
+        dedicated_rate("zigzag", train, held, cfg, progress=False)
+
+
+def test_fit_resumes_after_interruption(tmp_path, monkeypatch):
+    from orderopt import fit
+
+    train, held = random_latents(4, seed=3), random_latents(2, seed=4)
+    cfg = FitConfig(steps=230, batch=2, crop=4, seed=1)
+    torch.manual_seed(0)
+    straight = fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, progress=False)
+
+    ckpt, calls = tmp_path / "c.pt", {"n": 0}
+    real_sample = fit.LatentCrops.sample
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 150:
+            raise KeyboardInterrupt
+        return real_sample(self, batch)
+
+    monkeypatch.setattr(fit.LatentCrops, "sample", interrupted)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, checkpoint=ckpt, progress=False)
+    monkeypatch.setattr(fit.LatentCrops, "sample", real_sample)
+    assert torch.load(ckpt, weights_only=False)["train_state"]["step"] == 100
+    torch.manual_seed(5)  # resuming restores every random state itself
+    resumed = fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, checkpoint=ckpt, progress=False)
+    assert measure(resumed, held)["bits"] == pytest.approx(measure(straight, held)["bits"], rel=1e-5)
