@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import data
-from .errors import run_cli
+from .errors import OneLineErrorParser, run_cli
 from .model import HyperpriorCodec, gaussian_bits, load_model
 
 
@@ -98,7 +98,7 @@ def write_json(obj, path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="python -m orderopt.evaluate",
         description="Measure bpp and PSNR of the base codec on a folder of images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -48,12 +48,17 @@ def build_context(
 
 class LatentCrops:
     """Random (ŷ, h) crops of ``crop``×``crop`` latents; offsets are multiples of 4 so that
-    every crop keeps the in-patch positions of patch sizes 1, 2 and 4."""
+    every crop keeps the in-patch positions of patch sizes 1, 2 and 4.
+
+    When no latent is that large, the crop shrinks to the largest that fits (a multiple of 4
+    where possible); latents smaller than the crop are not used.
+    """
 
     def __init__(self, latents: LatentSet, crop: int, seed: int):
+        largest = max(min(e.y_hat.shape[1:]) for e in latents.entries)
+        if crop > largest:
+            crop = largest - largest % 4 if largest >= 4 else largest
         self.entries = [e for e in latents.entries if min(e.y_hat.shape[1:]) >= crop]
-        if not self.entries:
-            raise ValueError(f"no training latents are at least {crop}×{crop}; use a smaller crop")
         self.crop = crop
         self.rng = np.random.default_rng(seed)
 
@@ -123,7 +128,7 @@ def load_context(path: str | Path) -> tuple[ctxm.ContextModel, dict]:
         d["kind"], d["latent_channels"], d["hyper_channels"], d.get("order"), d.get("patch")
     )
     model.load_state_dict(d["state_dict"])
-    return model.eval(), {k: v for k, v in d.items() if k != "state_dict"}
+    return model.eval(), {k: v for k, v in d.items() if k not in ("state_dict", "train_state")}
 
 
 def fit_context(

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .errors import UserError, run_cli
+from .errors import OneLineErrorParser, UserError, run_cli
 from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
 
 
@@ -219,7 +219,7 @@ def train_context(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="python -m orderopt.train", description=__doc__, formatter_class=fmt)
+    p = OneLineErrorParser(prog="python -m orderopt.train", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("base", help="train the base hyperprior codec", formatter_class=fmt)
     b.add_argument(

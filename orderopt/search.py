@@ -1,0 +1,526 @@
+"""Search decoding orders: ``python -m orderopt.search --patch K``.
+
+By default on the shipped model and the embedded photographs (held out: never trained on).
+Writes a run directory with
+
+- ``candidates.csv``: one row per candidate order and baseline, best first; columns
+  ``rank, order, stages, symmetry_class, source, proxy_bits_per_latent,
+  dedicated_bits_per_latent, bpp, gain_vs_checkerboard_pct, gain_vs_autoregressive_pct,
+  gain_basis``. Baseline rows have ``order`` = ``hyperprior``, ``checkerboard`` or
+  ``autoregressive`` and the order they stand for in ``symmetry_class``. ``bpp`` (ŷ and ẑ)
+  uses the dedicated rate where there is one, else the proxy rate. Gains are
+  (R − R_base)/R_base in percent (negative is better), on dedicated rates where the row and
+  the baseline both have one (``gain_basis`` = dedicated), else on proxy rates.
+- ``costs.npz``: the cost table c(S, q) (see :class:`orderopt.costs.CostTable`).
+- ``manifest.json``: arguments, model hash, images, seeds, package versions, device,
+  timings, rank correlations of proxy and dedicated rates (with ``--verify``).
+
+A finished run with the same settings is reused unless ``--force``; an interrupted one
+resumes (the cost table and each dedicated model are saved as they are computed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data, strategies
+from . import orders as od
+from .costs import CostTable, ProxyOracle, dedicated_rate
+from .errors import OneLineErrorParser, UserError, run_cli
+from .evaluate import write_json
+from .fit import FitConfig, load_context, measure
+from .latents import LatentSet, cached_latents, load_latents
+from .model import load_model
+
+WEIGHTS = Path(__file__).parent / "weights"
+STRATEGIES = ("auto", "exhaustive", "dp", "greedy", "optuna")
+COLUMNS = [
+    "rank",
+    "order",
+    "stages",
+    "symmetry_class",
+    "source",
+    "proxy_bits_per_latent",
+    "dedicated_bits_per_latent",
+    "bpp",
+    "gain_vs_checkerboard_pct",
+    "gain_vs_autoregressive_pct",
+    "gain_basis",
+]
+MAX_PATCH = {"exhaustive": 3, "dp": 4, "greedy": 6, "optuna": 8}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="python -m orderopt.search",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--patch", type=int, default=2, help="patch size k (k² stages)")
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="auto: exhaustive for k ≤ 2, dp for k ≤ 4, greedy beyond",
+    )
+    p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    p.add_argument("--images", help="held-out image folder (default: the embedded photographs)")
+    p.add_argument("--latents", help="held-out latent file (.pt or .npz) instead of --model/--images")
+    p.add_argument("--proxy", help="any-order proxy checkpoint for --patch (default: the shipped one)")
+    p.add_argument("--out", help="run directory (default: runs/patch<k>-<strategy>)")
+    p.add_argument("--force", action="store_true", help="recompute a finished run")
+    p.add_argument("--trials", type=int, default=200, help="Optuna trials (this worker)")
+    p.add_argument(
+        "--objective",
+        choices=["proxy", "dedicated"],
+        default="proxy",
+        help="Optuna objective: proxy rate, or a dedicated model trained per trial (slow)",
+    )
+    p.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. sqlite:///study.db")
+    p.add_argument("--study", help="Optuna study name (with --storage)")
+    p.add_argument(
+        "--top", type=int, default=20, help="candidates kept from greedy/dp/optuna besides references"
+    )
+    p.add_argument("--random", type=int, default=0, help="also score this many random orders (distribution)")
+    p.add_argument(
+        "--verify",
+        type=int,
+        default=0,
+        help="train dedicated models for the N best candidates, the paper's order and every baseline",
+    )
+    p.add_argument("--train-images", help="training image folder for --verify / dedicated objective")
+    p.add_argument("--train-latents", help="training latent file instead of --train-images")
+    p.add_argument("--verify-steps", type=int, default=2000, help="training steps of each dedicated model")
+    p.add_argument("--seed", type=int, default=0, help="seed of Optuna, random orders and dedicated training")
+    p.add_argument("--device", default="auto", help="torch device for the cost table: auto, cpu, cuda")
+    p.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")
+    return p
+
+
+# --- inputs -------------------------------------------------------------------------------
+def held_out_latents(args) -> tuple[LatentSet, dict]:
+    if args.latents:
+        lat = load_latents(args.latents)
+        return lat, {"latents": str(args.latents), "model_hash": lat.model_hash}
+    model, meta = load_model(args.model)
+    images = data.load_images(args.images)
+    lat, path = cached_latents(model, meta["hash"], images, args.cache_dir)
+    return lat, {
+        "model": str(args.model or "shipped"),
+        "model_hash": meta["hash"],
+        "images": args.images or "embedded photographs",
+        "image_names": lat.names,
+        "latent_cache": str(path),
+    }
+
+
+def find_proxy(args, lat: LatentSet):
+    if args.proxy:
+        proxy, meta = load_context(args.proxy)
+    else:
+        path = WEIGHTS / f"proxy_k{args.patch}.pt"
+        if not path.is_file():
+            raise UserError(
+                f"no shipped proxy for patch {args.patch}; train one with `python -m orderopt.train context "
+                f"--proxy --patch {args.patch} --train-images DIR --out P.pt` and pass --proxy P.pt"
+            )
+        proxy, meta = load_context(path)
+        if meta.get("model_hash") != lat.model_hash:
+            raise UserError(
+                f"the shipped proxy belongs to the shipped model, not to model {lat.model_hash}; train a "
+                f"proxy for your model (`python -m orderopt.train context --proxy --patch {args.patch} ...`) "
+                "and pass --proxy"
+            )
+    if meta.get("kind") != "anyorder" or int(meta.get("patch", -1)) != args.patch:
+        raise UserError(
+            f"{args.proxy} is a {meta.get('kind')} model, not an any-order proxy of patch {args.patch}"
+        )
+    if (meta["latent_channels"], meta["hyper_channels"]) != (lat.latent_channels, lat.hyper_channels):
+        raise UserError("the proxy was trained on latents of another codec (channel counts differ)")
+    return proxy, meta
+
+
+def baseline_orders(k: int) -> dict[str, od.DecodingOrder | None]:
+    """Baselines as k×k orders where they tile a k×k patch (checkerboard needs even k)."""
+    return {
+        "hyperprior": od.DecodingOrder(np.zeros((k, k), dtype=int)),
+        "checkerboard": od.DecodingOrder(np.indices((k, k)).sum(0) % 2) if k % 2 == 0 else None,
+        "autoregressive": None,
+    }
+
+
+# --- search ---------------------------------------------------------------------------------
+def fill_resumably(table: CostTable, path: Path, batch: int = 512) -> None:
+    """Fill the whole table, saving after every chunk so that an interrupted run resumes."""
+    todo = np.flatnonzero(~table.known)
+    from tqdm import tqdm
+
+    for start in tqdm(
+        range(0, len(todo), batch),
+        desc=f"cost table {table.patch}×{table.patch}",
+        unit="chunk",
+        disable=len(todo) <= batch,
+    ):
+        table.fill(todo[start : start + batch].tolist(), batch=batch)
+        table.save(path)
+
+
+def run_strategy(
+    args, table: CostTable, costs_path: Path, lat: LatentSet
+) -> tuple[dict[od.DecodingOrder, str], dict]:
+    """Candidate orders with their source, and timing/extra info of the strategy."""
+    k, strategy = args.patch, args.strategy
+    if strategy == "auto":
+        strategy = "exhaustive" if k <= 2 else "dp" if k <= 4 else "greedy"
+    if k > MAX_PATCH[strategy]:
+        raise UserError(f"patch {k} is too large for --strategy {strategy} (at most {MAX_PATCH[strategy]})")
+    info: dict = {"strategy": strategy}
+    t0 = time.time()
+    found: dict[od.DecodingOrder, str] = {}
+    if strategy in ("exhaustive", "dp"):
+        fill_resumably(table, costs_path)
+        info["table_s"] = round(time.time() - t0, 2)
+    if strategy == "exhaustive":
+        for order, _ in strategies.exhaustive(table):
+            found.setdefault(order, "exhaustive")
+    elif strategy == "dp":
+        t1 = time.time()
+        best, _ = strategies.dp(table)
+        info["dp_s"] = round(time.time() - t1, 3)
+        found[best] = "dp"
+        t1 = time.time()
+        g, gbits = strategies.greedy(table)
+        info["greedy_s"] = round(time.time() - t1, 3)
+        found.setdefault(g, "greedy")
+        info["greedy_gap_pct"] = 100 * (gbits / table.rate(best) - 1)
+    elif strategy == "greedy":
+        best, _ = strategies.greedy(table)
+        found[best] = "greedy"
+    else:
+        objective = table.rate if args.objective == "proxy" else dedicated_objective(args, lat)
+        study = strategies.optuna_search(
+            objective,
+            k,
+            args.trials,
+            seed=args.seed,
+            storage=args.storage,
+            study_name=args.study,
+            progress=True,
+        )
+        for order, _ in strategies.study_orders(study)[: args.top]:
+            found.setdefault(order, "optuna")
+        info["trials_in_study"] = len(study.trials)
+    info["search_s"] = round(time.time() - t0, 2)
+    table.save(costs_path)
+    return found, info
+
+
+def training_latents(args) -> LatentSet:
+    if args.train_latents:
+        return load_latents(args.train_latents)
+    if not args.train_images:
+        raise UserError(
+            "--verify and --objective dedicated need --train-images DIR (or --train-latents FILE)"
+        )
+    model, meta = load_model(args.model)
+    return cached_latents(model, meta["hash"], data.load_images(args.train_images), args.cache_dir)[0]
+
+
+def dedicated_objective(args, lat: LatentSet):
+    """Held-out bits of a dedicated model trained for the order (--verify-steps steps each)."""
+    train = training_latents(args)
+    cfg = FitConfig(steps=args.verify_steps, seed=args.seed)
+    return lambda order: dedicated_rate(order, train, lat, cfg, progress=False)["bits"]
+
+
+# --- results ---------------------------------------------------------------------------------
+def symmetry_class(order: od.DecodingOrder) -> str:
+    return str(order.canonical())
+
+
+def build_rows(
+    k: int, table: CostTable, found: dict, lat: LatentSet, dedicated: dict[str, dict]
+) -> pd.DataFrame:
+    candidates: dict[od.DecodingOrder, str] = dict(found)
+    for name, order in od.published_orders(k).items():
+        candidates[order] = name if order not in candidates else f"{candidates[order]}+{name}"
+    rows = []
+    for order, source in candidates.items():
+        rows.append(
+            {
+                "order": str(order),
+                "stages": order.num_stages,
+                "symmetry_class": symmetry_class(order),
+                "source": source,
+                "proxy_bits_per_latent": table.bits_per_latent(order),
+            }
+        )
+    hw = int(np.mean([e.y_hat.shape[1] * e.y_hat.shape[2] for e in lat.entries]))
+    for name, order in baseline_orders(k).items():
+        rows.append(
+            {
+                "order": name,
+                "stages": {"hyperprior": 1, "checkerboard": 2}.get(name, hw),
+                "symmetry_class": str(order) if order is not None else "raster over all latents",
+                "source": "baseline",
+                "proxy_bits_per_latent": table.bits_per_latent(order) if order is not None else np.nan,
+            }
+        )
+    df = pd.DataFrame(rows)
+    df["dedicated_bits_per_latent"] = [
+        dedicated.get(o, {}).get("bits_per_latent", np.nan) for o in df["order"]
+    ]
+    n, px, zb = table.num_elements, table.num_pixels, table.z_bits
+    best_bpl = df["dedicated_bits_per_latent"].fillna(df["proxy_bits_per_latent"])
+    df["bpp"] = (best_bpl * n + zb) / px
+    basis, cb, ar = [], [], []
+    base = df.set_index("order")
+    for _, r in df.iterrows():
+        row_basis, gains = None, {}
+        for b in ("checkerboard", "autoregressive"):
+            g, used = np.nan, None
+            for col, label in (
+                ("dedicated_bits_per_latent", "dedicated"),
+                ("proxy_bits_per_latent", "proxy"),
+            ):
+                rb, rr = base.at[b, col], r[col]
+                if np.isfinite(rb) and np.isfinite(rr):
+                    g, used = 100 * (rr - rb) / rb, label
+                    break
+            gains[b] = g
+            row_basis = row_basis or used
+        cb.append(gains["checkerboard"])
+        ar.append(gains["autoregressive"])
+        basis.append(row_basis or "")
+    df["gain_vs_checkerboard_pct"], df["gain_vs_autoregressive_pct"], df["gain_basis"] = cb, ar, basis
+    df = df.sort_values("bpp", kind="stable").reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    return df[COLUMNS]
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(path)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "numpy", "scipy", "optuna", "pandas", "orderopt"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def settings_key(args) -> str:
+    keys = (
+        "patch",
+        "strategy",
+        "model",
+        "images",
+        "latents",
+        "proxy",
+        "trials",
+        "objective",
+        "top",
+        "random",
+        "verify",
+        "verify_steps",
+        "seed",
+        "train_images",
+        "train_latents",
+    )
+    blob = json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def print_table(df: pd.DataFrame, limit: int = 12) -> None:
+    show = pd.concat([df[df["source"] != "baseline"].head(limit), df[df["source"] == "baseline"]])
+    cols = [
+        "rank",
+        "order",
+        "stages",
+        "source",
+        "proxy_bits_per_latent",
+        "dedicated_bits_per_latent",
+        "bpp",
+        "gain_vs_checkerboard_pct",
+        "gain_vs_autoregressive_pct",
+    ]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.patch < 1:
+        raise UserError(f"--patch must be at least 1, got {args.patch}")
+    strategy = (
+        args.strategy
+        if args.strategy != "auto"
+        else ("exhaustive" if args.patch <= 2 else "dp" if args.patch <= 4 else "greedy")
+    )
+    if args.patch > MAX_PATCH[strategy]:
+        raise UserError(
+            f"patch {args.patch} is too large for --strategy {strategy} (at most {MAX_PATCH[strategy]})"
+        )
+    if (args.storage or args.study) and strategy != "optuna":
+        raise UserError("--storage and --study are for --strategy optuna")
+    if args.storage:
+        check_storage(args.storage)
+    out = Path(args.out or f"runs/patch{args.patch}-{strategy}")
+    manifest_path = out / "manifest.json"
+    key = settings_key(args)
+    if manifest_path.is_file() and not args.force:
+        m = json.loads(manifest_path.read_text())
+        if m.get("status") == "complete" and m.get("settings_key") == key:
+            print(f"reusing the finished run in {out} (--force to recompute)")
+            print_table(pd.read_csv(out / "candidates.csv"))
+            return 0
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    lat, inputs = held_out_latents(args)
+    h, w = lat.min_size
+    if h < args.patch or w < args.patch:
+        raise UserError(f"latents of {h}×{w} are smaller than the {args.patch}×{args.patch} patch")
+    proxy, proxy_meta = find_proxy(args, lat)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    costs_path = out / "costs.npz"
+    oracle = ProxyOracle(proxy, lat, device=device)
+    meta = {"model_hash": lat.model_hash, "images_hash": lat.images_hash, "proxy_hash": proxy_meta["hash"]}
+    table = None
+    if costs_path.is_file() and not args.force:
+        old = CostTable.load(costs_path, oracle=oracle)
+        if old.meta == meta and old.patch == args.patch:
+            table = old
+    table = table or CostTable.from_oracle(oracle, meta=meta)
+    found, info = run_strategy(args, table, costs_path, lat)
+    if args.random:
+        rng = np.random.default_rng(args.seed)
+        for _ in range(args.random):
+            found.setdefault(od.random_order(args.patch, int(rng.integers(2**31))), "random")
+    dedicated = verify(args, found, table, lat, out) if args.verify else {}
+    ded_ar = shipped_autoregressive(lat)
+    if ded_ar is not None and "autoregressive" not in dedicated:
+        dedicated["autoregressive"] = ded_ar
+    df = build_rows(args.patch, table, found, lat, dedicated)
+    write_csv(df, out / "candidates.csv")
+    table.save(costs_path)
+    correlations = rank_correlations(df)
+    manifest = {
+        "status": "complete",
+        "settings_key": key,
+        "arguments": vars(args),
+        **inputs,
+        "proxy": proxy_meta,
+        "latents": {
+            "images": len(lat),
+            "elements": table.num_elements,
+            "pixels": table.num_pixels,
+            "latent_channels": lat.latent_channels,
+        },
+        "seeds": {"search": args.seed, "verify": args.seed},
+        "device": device_name(device),
+        "versions": versions(),
+        "timings_s": {
+            **{k: v for k, v in info.items() if k.endswith("_s")},
+            "total_s": round(time.time() - t0, 2),
+        },
+        "strategy": info,
+        "rank_correlation": correlations,
+        "command": " ".join(["python -m orderopt.search", *(argv or sys.argv[1:])]),
+    }
+    write_json(manifest, manifest_path)
+    print_table(df)
+    print(f"\n{len(df)} rows -> {out / 'candidates.csv'} ({manifest['timings_s']['total_s']:.1f} s)")
+    return 0
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def check_storage(url: str) -> None:
+    """Fail early, in one line, on a storage URL Optuna cannot open."""
+    import optuna
+
+    try:
+        optuna.storages.get_storage(url)
+    except Exception as err:
+        raise UserError(f"cannot open Optuna storage {url!r}: {str(err).splitlines()[0][:200]}") from None
+
+
+def shipped_autoregressive(lat: LatentSet) -> dict | None:
+    """Held-out rate of the shipped autoregressive model when it belongs to these latents."""
+    path = WEIGHTS / "autoregressive.pt"
+    if not path.is_file():
+        return None
+    model, meta = load_context(path)
+    if meta.get("model_hash") != lat.model_hash:
+        return None
+    return measure(model, lat)
+
+
+def verify(args, found: dict, table: CostTable, lat: LatentSet, out: Path) -> dict[str, dict]:
+    """Dedicated models for the best candidates, the paper's order and the baselines, one budget."""
+    train = training_latents(args)
+    cfg = FitConfig(steps=args.verify_steps, seed=args.seed)
+    ranked = sorted(found, key=table.rate)[: args.verify]
+    specs: dict[str, od.DecodingOrder | str] = {str(o): o for o in ranked}
+    if args.patch in (2, 4):
+        specs[str(od.paper_order(args.patch))] = od.paper_order(args.patch)
+    specs.update(
+        {
+            "hyperprior": od.hyperprior_only(),
+            "checkerboard": od.checkerboard(),
+            "autoregressive": "autoregressive",
+        }
+    )
+    results = {}
+    for name, spec in specs.items():
+        safe = name.replace(",", "-").replace(";", "_")
+        res_path = out / "dedicated" / f"{safe}.json"
+        if res_path.is_file():
+            results[name] = json.loads(res_path.read_text())
+            continue
+        res = dedicated_rate(spec, train, lat, cfg, checkpoint=out / "dedicated" / f"{safe}.pt")
+        write_json(res, res_path)
+        results[name] = res
+    return results
+
+
+def rank_correlations(df: pd.DataFrame) -> dict:
+    """Spearman and Kendall of proxy against dedicated rates over rows that have both."""
+    from scipy import stats
+
+    both = df.dropna(subset=["proxy_bits_per_latent", "dedicated_bits_per_latent"])
+    if len(both) < 3:
+        return {"n": int(len(both))}
+    sp = stats.spearmanr(both["proxy_bits_per_latent"], both["dedicated_bits_per_latent"])
+    kt = stats.kendalltau(both["proxy_bits_per_latent"], both["dedicated_bits_per_latent"])
+    return {
+        "n": int(len(both)),
+        "spearman": float(sp.statistic),
+        "spearman_p": float(sp.pvalue),
+        "kendall": float(kt.statistic),
+        "kendall_p": float(kt.pvalue),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

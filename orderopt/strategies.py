@@ -1,0 +1,213 @@
+"""Search strategies over decoding orders, all driven by a cost table c(S, q).
+
+- :func:`exhaustive`: score every full order (k ≤ 3).
+- :func:`dp`: the exact optimum over full orders, a shortest path through the lattice of
+  subsets (dp[S ∪ {q}] = min dp[S] + c(S, q)); needs the whole table (2^{k²} rows).
+- :func:`dp_budget`: the best schedule with at most B stages (several positions per stage).
+- :func:`greedy`: position by position, then pairwise stage swaps until none helps.
+- :func:`optuna_search`: Optuna over permutations (Lehmer code), with any objective and a
+  shared storage so that several processes or machines work on one study.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from .costs import CostTable
+from .orders import DecodingOrder
+
+
+def _order_from_sequence(seq: list[int], k: int) -> DecodingOrder:
+    return DecodingOrder.from_sequence([int(q) for q in seq], k)
+
+
+def exhaustive(table: CostTable, max_patch: int = 3) -> list[tuple[DecodingOrder, float]]:
+    """Every full order with its rate in bits, best first (k ≤ ``max_patch``)."""
+    k = table.patch
+    if k > max_patch:
+        raise ValueError(
+            f"exhaustive search of {k}×{k} means {math.factorial(k * k):.3g} orders; use dp or greedy"
+        )
+    table.fill()
+    n = k * k
+    out = []
+    for perm in itertools.permutations(range(n)):
+        s, bits = 0, 0.0
+        for q in perm:
+            bits += table.table[s, q]
+            s |= 1 << q
+        out.append((perm, bits))
+    out.sort(key=lambda t: t[1])
+    return [(_order_from_sequence(list(p), k), float(b)) for p, b in out]
+
+
+def dp(table: CostTable) -> tuple[DecodingOrder, float]:
+    """The exact best full order under ``table`` and its rate in bits."""
+    table.fill()
+    k = table.patch
+    n, full = k * k, (1 << (k * k)) - 1
+    best = np.full(full + 1, np.inf)
+    choice = np.full(full + 1, -1, dtype=np.int64)
+    best[0] = 0.0
+    costs = table.table
+    for s in range(full):  # every successor S ∪ {q} is numerically larger than S
+        if not np.isfinite(best[s]):
+            continue
+        for q in range(n):
+            if (s >> q) & 1:
+                continue
+            t = s | (1 << q)
+            v = best[s] + costs[s, q]
+            if v < best[t]:
+                best[t], choice[t] = v, q
+    seq, s = [], full
+    while s:
+        q = int(choice[s])
+        seq.append(q)
+        s &= ~(1 << q)
+    return _order_from_sequence(seq[::-1], k), float(best[full])
+
+
+def dp_budget(table: CostTable, stages: int) -> tuple[DecodingOrder, float]:
+    """The best schedule of at most ``stages`` stages (groups of positions decoded together).
+
+    Exact: dp over (decoded set, stages used) with every nonempty group of undecoded
+    positions as a step; 3^{k²} transitions per stage, so k ≤ 3.
+    """
+    k = table.patch
+    if k > 3:
+        raise ValueError(f"budgeted schedules are enumerated for k ≤ 3, not {k}")
+    if stages < 1:
+        raise ValueError(f"a schedule needs at least one stage, got {stages}")
+    table.fill()
+    n, full = k * k, (1 << (k * k)) - 1
+    group_cost = {}  # (S, G) -> Σ_{q∈G} c(S, q)
+    best = {0: (0.0, [])}
+    for _ in range(min(stages, n)):
+        nxt = dict(best)
+        for s, (bits, groups) in best.items():
+            rest = full & ~s
+            g = rest
+            while g:
+                key = (s, g)
+                if key not in group_cost:
+                    group_cost[key] = float(sum(table.table[s, q] for q in range(n) if (g >> q) & 1))
+                v = bits + group_cost[key]
+                t = s | g
+                if t not in nxt or v < nxt[t][0]:
+                    nxt[t] = (v, [*groups, g])
+                g = (g - 1) & rest
+        best = nxt
+    bits, groups = best[full]
+    steps = [[q for q in range(n) if (g >> q) & 1] for g in groups]
+    return DecodingOrder.from_sequence(steps, k), bits
+
+
+def greedy(table: CostTable, refine: bool = True) -> tuple[DecodingOrder, float]:
+    """Cheapest next position at every step, then best-improvement pairwise stage swaps."""
+    k = table.patch
+    n = k * k
+    s, seq = 0, []
+    for _ in range(n):
+        row = table.row(s)
+        q = min((q for q in range(n) if not (s >> q) & 1), key=lambda q: row[q])
+        seq.append(q)
+        s |= 1 << q
+    order = _order_from_sequence(seq, k)
+    bits = table.rate(order)
+    while refine:
+        best_move = None
+        for i, j in itertools.combinations(range(n), 2):
+            cand = list(seq)
+            cand[i], cand[j] = cand[j], cand[i]
+            b = table.rate(_order_from_sequence(cand, k))
+            if b < bits - 1e-9 and (best_move is None or b < best_move[1]):
+                best_move = (cand, b)
+        if best_move is None:
+            break
+        seq, bits = best_move
+        order = _order_from_sequence(seq, k)
+    return order, bits
+
+
+def lehmer_to_sequence(code: list[int], n: int) -> list[int]:
+    """Permutation of 0..n−1 from a Lehmer code (code[i] indexes the positions still left)."""
+    left = list(range(n))
+    return [left.pop(c) for c in code]
+
+
+def optuna_search(
+    objective: Callable[[DecodingOrder], float],
+    patch: int,
+    trials: int,
+    seed: int = 0,
+    storage: str | None = None,
+    study_name: str | None = None,
+    progress: bool = False,
+):
+    """Optuna (TPE) over full orders; returns the study. Trials of an order already scored
+    in the study reuse its value, so no order is paid for twice.
+
+    With ``storage`` (e.g. ``sqlite:///study.db``) and ``study_name``, several processes run
+    this on one study: each adds ``trials`` trials.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n = patch * patch
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    study = _open_study(optuna, study_name, storage, sampler)
+
+    def run(trial: optuna.Trial) -> float:
+        code = [trial.suggest_int(f"p{i}", 0, n - 1 - i) for i in range(n - 1)] + [0]
+        order = _order_from_sequence(lehmer_to_sequence(code, n), patch)
+        trial.set_user_attr("order", str(order))
+        for done in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if done.user_attrs.get("order") == str(order):
+                trial.set_user_attr("reused", True)
+                return float(done.value)
+        return float(objective(order))
+
+    study.optimize(run, n_trials=trials, show_progress_bar=progress)
+    return study
+
+
+def _open_study(optuna, study_name, storage, sampler, attempts: int = 20):
+    """Create or join a study; workers started together race to create the storage's
+    tables, so a failed attempt is retried after a short random wait."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=study_name,
+                storage=storage,
+                sampler=sampler,
+                direction="minimize",
+                load_if_exists=True,
+            )
+        except Exception:
+            if storage is None or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.3))
+    raise AssertionError("unreachable")
+
+
+def study_orders(study) -> list[tuple[DecodingOrder, float]]:
+    """Distinct orders of a study's finished trials with their values, best first."""
+    import optuna
+
+    seen: dict[str, float] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        seen.setdefault(t.user_attrs["order"], t.value)
+    return sorted(((DecodingOrder.parse(o), v) for o, v in seen.items()), key=lambda x: x[1])
+
+
+def enumerate_rates(table: CostTable, orders) -> list[tuple[DecodingOrder, float]]:
+    """Rates of the given orders, best first."""
+    return sorted(((o, table.rate(o)) for o in orders), key=lambda x: x[1])

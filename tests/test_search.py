@@ -1,0 +1,215 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orderopt import search, train
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_ckpt, image_dir):
+    """A tiny base model, a tiny 2×2 proxy trained for a few steps, and the images."""
+    cache = tmp_path / "cache"
+    proxies = {}
+    for k in (2, 3):
+        proxies[k] = tmp_path / f"proxy{k}.pt"
+        assert (
+            train.main(
+                [
+                    "context",
+                    "--proxy",
+                    "--patch",
+                    str(k),
+                    "--train-images",
+                    str(image_dir),
+                    "--eval-images",
+                    str(image_dir),
+                    "--model",
+                    str(tiny_ckpt),
+                    "--cache-dir",
+                    str(cache),
+                    "--steps",
+                    "3",
+                    "--batch",
+                    "2",
+                    "--crop",
+                    "4",
+                    "--out",
+                    str(proxies[k]),
+                ]
+            )
+            == 0
+        )
+    common = ["--model", str(tiny_ckpt), "--images", str(image_dir), "--cache-dir", str(cache)]
+    return tmp_path, common, proxies
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "orderopt.search", *args], capture_output=True, text=True)
+
+
+def test_patch2_exhaustive_run(setup, capsys):
+    tmp, common, proxies = setup
+    out = tmp / "run"
+    assert search.main(["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(out)]) == 0
+    df = pd.read_csv(out / "candidates.csv")
+    assert list(df.columns) == search.COLUMNS
+    orders = df[df["source"] != "baseline"]
+    assert len(orders) == 24 and orders["symmetry_class"].nunique() == 3
+    assert {"hyperprior", "checkerboard", "autoregressive"} <= set(df["order"])
+    assert df["rank"].tolist() == list(range(1, len(df) + 1)) and df["bpp"].dropna().is_monotonic_increasing
+    # no dedicated autoregressive model belongs to this tiny codec: its row has no rate, last
+    assert df.iloc[-1]["order"] == "autoregressive" and np.isnan(df.iloc[-1]["bpp"])
+    paper = df[df["order"] == "0,1;2,3"].iloc[0]
+    assert "paper" in paper["source"] and "raster" in paper["source"]
+    assert (df["source"].str.contains("tinylic")).sum() == 1
+    cb = df[df["order"] == "checkerboard"].iloc[0]
+    assert cb["gain_vs_checkerboard_pct"] == pytest.approx(0) and cb["symmetry_class"] == "0,1;1,0"
+    assert np.isfinite(orders["gain_vs_checkerboard_pct"]).all()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["latents"]["images"] == 3 and "torch" in m["versions"]
+    assert (out / "costs.npz").is_file()
+    capsys.readouterr()
+    assert search.main(["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(out)]) == 0
+    assert "reusing the finished run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("strategy", ["dp", "greedy", "optuna"])
+def test_other_strategies(setup, strategy):
+    tmp, common, proxies = setup
+    out = tmp / strategy
+    extra = ["--trials", "10"] if strategy == "optuna" else []
+    assert (
+        search.main(
+            [
+                "--patch",
+                "3",
+                "--strategy",
+                strategy,
+                *common,
+                "--proxy",
+                str(proxies[3]),
+                "--out",
+                str(out),
+                "--random",
+                "5",
+                *extra,
+            ]
+        )
+        == 0
+    )
+    df = pd.read_csv(out / "candidates.csv")
+    assert strategy in set(df["source"]) and (df["source"] == "random").sum() >= 1
+    assert (
+        df[df["order"] == "checkerboard"]["proxy_bits_per_latent"].isna().all()
+    )  # odd k: no checkerboard tiling
+
+
+def test_dp_agrees_with_exhaustive_on_2x2(setup):
+    tmp, common, proxies = setup
+    search.main(
+        [
+            "--patch",
+            "2",
+            "--strategy",
+            "exhaustive",
+            *common,
+            "--proxy",
+            str(proxies[2]),
+            "--out",
+            str(tmp / "ex"),
+        ]
+    )
+    search.main(
+        ["--patch", "2", "--strategy", "dp", *common, "--proxy", str(proxies[2]), "--out", str(tmp / "dp")]
+    )
+    ex, dp = pd.read_csv(tmp / "ex" / "candidates.csv"), pd.read_csv(tmp / "dp" / "candidates.csv")
+    best_ex = ex[ex["source"] != "baseline"].iloc[0]
+    best_dp = dp[dp["source"].str.contains("dp")].iloc[0]
+    assert best_dp["proxy_bits_per_latent"] == pytest.approx(best_ex["proxy_bits_per_latent"])
+
+
+def test_interrupted_table_resumes(setup):
+    from orderopt.costs import CostTable
+
+    tmp, common, proxies = setup
+    out = tmp / "resume"
+    search.main(["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(out)])
+    (out / "manifest.json").unlink()  # as if interrupted before the end
+    table = CostTable.load(out / "costs.npz")
+    table.known[3:] = False
+    table.known[-1] = True
+    table.save(out / "costs.npz")
+    assert search.main(["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(out)]) == 0
+    assert CostTable.load(out / "costs.npz").complete
+
+
+def test_verify_trains_dedicated_models(setup, image_dir):
+    tmp, common, proxies = setup
+    out = tmp / "verify"
+    assert (
+        search.main(
+            [
+                "--patch",
+                "2",
+                *common,
+                "--proxy",
+                str(proxies[2]),
+                "--out",
+                str(out),
+                "--verify",
+                "2",
+                "--train-images",
+                str(image_dir),
+                "--verify-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    df = pd.read_csv(out / "candidates.csv")
+    have = df.dropna(subset=["dedicated_bits_per_latent"])
+    assert {"hyperprior", "checkerboard", "autoregressive", "0,1;2,3"} <= set(have["order"])
+    assert len(have) >= 5 and (have["gain_basis"] == "dedicated").all()
+    rc = json.loads((out / "manifest.json").read_text())["rank_correlation"]
+    assert rc["n"] == len(df.dropna(subset=["dedicated_bits_per_latent", "proxy_bits_per_latent"]))
+    assert -1 <= rc["spearman"] <= 1 and -1 <= rc["kendall"] <= 1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--patch", "0"], "at least 1"),
+        (["--patch", "5", "--strategy", "dp"], "too large for --strategy dp"),
+        (["--patch", "4", "--strategy", "exhaustive"], "too large"),
+        (["--strategy", "zigzag"], "invalid choice"),
+        (["--model", "/nonexistent.pt"], "does not exist"),
+        (["--latents", "/nonexistent.pt"], "does not exist"),
+        (
+            ["--storage", "sqlite:////nonexistent/dir/x.db", "--strategy", "optuna"],
+            "cannot open Optuna storage",
+        ),
+        (["--storage", "sqlite:///x.db"], "for --strategy optuna"),
+    ],
+)
+def test_cli_errors(args, message, tmp_path):
+    r = run(*args, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_latents_smaller_than_patch_and_foreign_proxy(setup, tmp_path):
+    tmp, common, proxies = setup
+    small = tmp_path / "small.npz"
+    np.savez(small, y_hat=np.zeros((1, 12, 2, 3)), hyper=np.zeros((1, 24, 2, 3)), num_pixels=[1536])
+    r = run("--patch", "3", "--latents", str(small), "--proxy", str(proxies[3]), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "smaller than the 3×3 patch" in r.stderr
+    r = run("--patch", "3", *common, "--proxy", str(proxies[2]), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not an any-order proxy of patch 3" in r.stderr
+    other = tmp_path / "other.npz"
+    np.savez(other, y_hat=np.zeros((1, 5, 8, 8)), hyper=np.zeros((1, 10, 8, 8)), num_pixels=[16384])
+    r = run("--patch", "2", "--latents", str(other), "--proxy", str(proxies[2]), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "another codec" in r.stderr

@@ -1,0 +1,107 @@
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from orderopt import orders as o
+from orderopt import strategies as st
+from orderopt.costs import CostTable
+
+
+def synthetic_table(k, seed=0):
+    """Costs that fall as more neighbours are decoded, with per-position noise."""
+    rng = np.random.default_rng(seed)
+    n = k * k
+    base = rng.uniform(80, 120, n)
+    gain = rng.uniform(2, 10, (n, n))
+    t = np.full((1 << n, n), np.nan)
+    for s in range(1 << n):
+        for q in range(n):
+            if not (s >> q) & 1:
+                t[s, q] = base[q] - sum(gain[q, p] for p in range(n) if (s >> p) & 1)
+    return CostTable(k, num_elements=1000, num_pixels=4000, z_bits=100.0, table=t)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_dp_equals_exhaustive(k):
+    table = synthetic_table(k, seed=k)
+    ranked = st.exhaustive(table)
+    assert len(ranked) == (24 if k == 2 else 362880)
+    best, bits = st.dp(table)
+    assert bits == pytest.approx(ranked[0][1]) and table.rate(best) == pytest.approx(bits)
+    assert all(a[1] <= b[1] for a, b in zip(ranked, ranked[1:], strict=False))
+
+
+def test_exhaustive_refuses_4x4():
+    with pytest.raises(ValueError, match="use dp or greedy"):
+        st.exhaustive(CostTable(4, 1, 1, 0.0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_refinement_never_worse_and_close(seed):
+    table = synthetic_table(3, seed=seed)
+    plain, plain_bits = st.greedy(table, refine=False)
+    refined, bits = st.greedy(table)
+    assert bits <= plain_bits + 1e-9 and table.rate(refined) == pytest.approx(bits)
+    assert bits >= st.dp(table)[1] - 1e-9
+    seq = [q for stage in refined.sequence() for q in [stage[0][0] * 3 + stage[0][1]]]
+    for i in range(9):  # a local optimum: no pairwise swap helps
+        for j in range(i + 1, 9):
+            swapped = list(seq)
+            swapped[i], swapped[j] = swapped[j], swapped[i]
+            assert table.rate(o.DecodingOrder.from_sequence(swapped, 3)) >= bits - 1e-9
+
+
+def test_dp_budget():
+    table = synthetic_table(2, seed=5)
+    one, bits1 = st.dp_budget(table, 1)
+    assert one == o.DecodingOrder("0,0;0,0") and bits1 == pytest.approx(table.rate(one))
+    full, bits4 = st.dp_budget(table, 4)
+    assert bits4 == pytest.approx(st.dp(table)[1])
+    two, bits2 = st.dp_budget(table, 2)
+    assert two.num_stages == 2 and bits4 <= bits2 <= bits1
+    assert bits2 == pytest.approx(min(table.rate(x) for x in _all_two_stage_schedules()))
+
+
+def _all_two_stage_schedules():
+    for mask in range(1, 15):
+        yield o.DecodingOrder([[0 if mask >> (r * 2 + c) & 1 else 1 for c in range(2)] for r in range(2)])
+
+
+def test_lehmer_code_is_a_bijection():
+    import itertools
+
+    seqs = {
+        tuple(st.lehmer_to_sequence(list(code) + [0], 4))
+        for code in itertools.product(range(4), range(3), range(2))
+    }
+    assert len(seqs) == 24
+
+
+def test_optuna_finds_the_2x2_optimum():
+    table = synthetic_table(2, seed=7)
+    study = st.optuna_search(table.rate, 2, trials=60, seed=0)
+    best = st.study_orders(study)[0]
+    assert best[1] == pytest.approx(st.dp(table)[1])
+
+
+def _worker(storage, seed):
+    table = synthetic_table(2, seed=1)
+    st.optuna_search(table.rate, 2, trials=15, seed=seed, storage=storage, study_name="shared")
+
+
+def test_two_optuna_workers_share_one_sqlite_study(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(storage, seed)) for seed in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = study.get_trials()
+    assert len(trials) == 30 and len({t.number for t in trials}) == 30
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
