@@ -47,8 +47,17 @@ class EntropyParameters(nn.Module):
         return self.hyper_in.out_channels
 
     def tail(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the first layer's pre-activation to (means, scales)."""
+        """From the first layer's pre-activation (B, D, H, W) to (means, scales)."""
         means, scales = self.rest(pre).chunk(2, dim=1)
+        return means, scales
+
+    def tail_rows(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`tail` for pre-activations laid out as rows (…, D): plain matrix products,
+        faster than 1×1 convolutions for the cost table. Returns (…, M) means and scales."""
+        _, c2, _, c3 = self.rest
+        h = F.leaky_relu(pre)
+        h = F.leaky_relu(F.linear(h, c2.weight[:, :, 0, 0], c2.bias))
+        means, scales = F.linear(h, c3.weight[:, :, 0, 0], c3.bias).chunk(2, dim=-1)
         return means, scales
 
     def forward(self, hyper: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,13 +96,24 @@ class MultistageContext(ContextModel):
         )
         self.register_buffer("mask", masks.float(), persistent=False)
         self.entropy = EntropyParameters(m, hyper_channels, self.ctx_channels)
+        self._masked_cache: tuple | None = None
+
+    def masked_weight(self) -> torch.Tensor:
+        """weight ⊙ mask; outside autograd it is cached until the weights change, because
+        masking the k² kernels costs as much as the convolutions themselves."""
+        if torch.is_grad_enabled():
+            return self.weight * self.mask
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.weight.dtype)
+        if self._masked_cache is None or self._masked_cache[0] != key:
+            self._masked_cache = (key, self.weight * self.mask)
+        return self._masked_cache[1]
 
     def context(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Context features, one strided convolution per in-patch position (the fast form)."""
         k, half = self.order.patch, self.kernel_size // 2
         b, _, h, w = y_hat.shape
         padded = F.pad(y_hat, (half, half, half, half))
-        weights = self.weight * self.mask
+        weights = self.masked_weight()
         ctx = y_hat.new_empty(b, self.ctx_channels, h, w)
         for q in range(k * k):
             r, c = divmod(q, k)
@@ -125,10 +145,11 @@ class MultistageContext(ContextModel):
         (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉): what a decoder computes at one stage."""
         k, half = self.order.patch, self.kernel_size // 2
         padded = F.pad(y_hat, (half, half, half, half))
+        weights = self.masked_weight()
         out = []
         for r, c in positions:
             q = r * k + c
-            ctx = F.conv2d(padded[:, :, r:, c:], self.weight[q] * self.mask[q], self.bias[q], stride=k)
+            ctx = F.conv2d(padded[:, :, r:, c:], weights[q], self.bias[q], stride=k)
             out.append(self.entropy(hyper[:, :, r::k, c::k], ctx))
         return out
 

@@ -66,9 +66,10 @@ class ProxyOracle:
                     bases[q].append(base[0, :, r::k, c::k].flatten(1))
                     parts[q].append(part[:, 0, :, r::k, c::k].flatten(2))
                     ys[q].append(y[0, :, r::k, c::k].flatten(1))
-        self._base = [torch.cat(b, 1)[None, :, :, None] for b in bases]  # (1, D, P_q, 1)
-        self._parts = [torch.cat(p, 2) for p in parts]  # (k², D, P_q)
-        self._y = [torch.cat(v, 1)[None, :, :, None] for v in ys]  # (1, M, P_q, 1)
+        # Row layout (…, P_q, channels) so that the tail network runs as plain matrix products.
+        self._base = [torch.cat(b, 1).T.contiguous() for b in bases]  # (P_q, D)
+        self._parts = [torch.cat(p, 2).transpose(1, 2).contiguous() for p in parts]  # (k², P_q, D)
+        self._y = [torch.cat(v, 1).T.contiguous() for v in ys]  # (P_q, M)
 
     @torch.no_grad()
     def costs(self, subsets: Sequence[int], chunk: int = 0) -> np.ndarray:
@@ -86,9 +87,9 @@ class ProxyOracle:
             per = max(1, chunk or int(2**25 // max(1, parts.shape[1] * parts.shape[2])))
             for start in range(0, len(rows), per):
                 idx = rows[start : start + per]
-                pre = base + torch.einsum("nk,kdp->ndp", bits[idx], parts)[..., None]
-                means, scales = self.proxy.entropy.tail(pre)
-                out[idx, q] = gaussian_bits(y, means, scales).sum((1, 2, 3)).double().cpu().numpy()
+                pre = base + torch.einsum("nk,kpd->npd", bits[idx], parts)
+                means, scales = self.proxy.entropy.tail_rows(pre)
+                out[idx, q] = gaussian_bits(y, means, scales).sum((1, 2)).double().cpu().numpy()
         return out
 
 

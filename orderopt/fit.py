@@ -96,8 +96,14 @@ def loss_bits(model: ctxm.ContextModel, y: torch.Tensor, h: torch.Tensor, rng: n
     return model.bits(y, h).mean()
 
 
-def save_context(model: ctxm.ContextModel, path: Path, meta: dict, train_state: dict | None = None) -> None:
-    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+def save_context(
+    model: ctxm.ContextModel, path: Path, meta: dict, train_state: dict | None = None, half: bool = False
+) -> None:
+    """Atomic, versioned context-model file; ``half`` stores fp16 weights (what the package ships)."""
+    sd = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
     payload = {"format": FORMAT, "version": VERSION, **meta, "state_dict": sd, "hash": state_hash(sd)}
     if train_state is not None:
         payload["train_state"] = train_state

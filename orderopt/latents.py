@@ -221,3 +221,47 @@ def cached_latents(
     latents = extract_latents(model, images, model_hash, progress)
     latents.save(path)
     return latents, path
+
+
+def load_image_folders(folders: Sequence[str | Path] | None) -> list[NamedImage]:
+    """Images of one or more folders (names prefixed by the folder when several), or the
+    embedded photographs when ``folders`` is empty."""
+    from .data import load_images
+
+    if not folders:
+        return load_images(None)
+    if len(folders) == 1:
+        return load_images(folders[0])
+    out = []
+    for folder in folders:
+        out += [NamedImage(f"{Path(folder).name}/{im.name}", im.image) for im in load_images(folder)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m orderopt.latents --images DIR [DIR ...] --out FILE``: extract latents once."""
+    import argparse
+
+    from .errors import OneLineErrorParser
+    from .model import load_model
+
+    p = OneLineErrorParser(
+        prog="python -m orderopt.latents",
+        description="Extract latents of images to a file (the format in orderopt.latents' documentation).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--images", nargs="*", help="image folder(s) (default: the embedded photographs)")
+    p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    p.add_argument("--out", required=True, help="latent file to write (.pt)")
+    args = p.parse_args(argv)
+    model, meta = load_model(args.model)
+    lat = extract_latents(model, load_image_folders(args.images), meta["hash"])
+    lat.save(args.out)
+    print(f"{len(lat)} images, ŷ {lat.latent_channels} channels -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -87,6 +87,13 @@ def train_base(args: argparse.Namespace) -> int:
         torch.set_rng_state(state["torch_rng"])
         step, history = state["step"], ckpt["training"].get("validation", [])
         print(f"resuming {out} at step {step}")
+    elif args.init:
+        init = read_checkpoint(args.init)
+        if init["arch"] != model.arch:
+            raise UserError(f"--init {args.init} has architecture {init['arch']}, not {model.arch}")
+        model.load_state_dict({k: v.float() for k, v in init["state_dict"].items()})
+        step, history = int(init["training"].get("steps", 0)), list(init["training"].get("validation", []))
+        print(f"starting from the weights of {args.init} (step {step}, fresh optimizer state)")
 
     def save() -> None:
         training = {
@@ -139,7 +146,14 @@ def train_base(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    """Strip a training checkpoint to fp16 weights plus metadata (what the package ships)."""
+    """Strip a training checkpoint (base or context model) to fp16 weights plus metadata."""
+    if _is_context_file(args.ckpt):
+        from .fit import load_context, save_context
+
+        model, meta = load_context(args.ckpt)
+        save_context(model, Path(args.out), meta, half=True)
+        print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB)")
+        return 0
     ckpt = read_checkpoint(args.ckpt)
     model = HyperpriorCodec(**ckpt["arch"])
     model.load_state_dict(ckpt["state_dict"])
@@ -150,17 +164,17 @@ def export(args: argparse.Namespace) -> int:
 
 
 def latent_set(
-    images: str | None, latents: str | None, model_path: str | None, cache_dir: str | None, what: str
+    images: list[str] | None, latents: str | None, model_path: str | None, cache_dir: str | None, what: str
 ):
     """Latents from a latent file, or extracted (and cached) from images with the base model."""
-    from .latents import cached_latents, load_latents
+    from .latents import cached_latents, load_image_folders, load_latents
 
     if latents:
         return load_latents(latents)
     if what == "training" and not images:
         raise UserError("give --train-images DIR (or --train-latents FILE) to train a context model on")
     model, meta = load_model(model_path)
-    return cached_latents(model, meta["hash"], data.load_images(images), cache_dir)[0]
+    return cached_latents(model, meta["hash"], load_image_folders(images), cache_dir)[0]
 
 
 def train_context(args: argparse.Namespace) -> int:
@@ -217,6 +231,14 @@ def train_context(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_context_file(path: str) -> bool:
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(d, dict) and d.get("format") == "orderopt-context"
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = OneLineErrorParser(prog="python -m orderopt.train", description=__doc__, formatter_class=fmt)
@@ -232,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--steps", type=int, default=100_000, help="total optimisation steps")
     b.add_argument("--out", required=True, help="checkpoint file; resumed from when it exists")
+    b.add_argument(
+        "--init",
+        help="start from these weights (e.g. the shipped model) when --out does not exist; "
+        "continues its step count with a fresh optimizer",
+    )
     b.add_argument("--N", type=int, default=128, help="channels of the transforms and of ẑ")
     b.add_argument("--M", type=int, default=192, help="channels of the latent ŷ")
     b.add_argument("--batch", type=int, default=8, help="crops per step")
@@ -256,9 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--kind", choices=["autoregressive", "checkerboard", "hyperprior"], help="a baseline")
     what.add_argument("--proxy", action="store_true", help="the any-order proxy of --patch")
     c.add_argument("--patch", type=int, default=2, help="patch size of the proxy")
-    c.add_argument("--train-images", help="training image folder (latents extracted with --model and cached)")
+    c.add_argument(
+        "--train-images", nargs="+", help="training image folder(s) (latents extracted with --model, cached)"
+    )
     c.add_argument("--train-latents", help="training latent file instead of --train-images")
-    c.add_argument("--eval-images", help="held-out image folder (default: the embedded photographs)")
+    c.add_argument(
+        "--eval-images", nargs="+", help="held-out image folder(s) (default: the embedded photographs)"
+    )
     c.add_argument("--eval-latents", help="held-out latent file instead of --eval-images")
     c.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
     c.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")

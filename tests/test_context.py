@@ -117,3 +117,14 @@ def test_stage_params_match_full_forward():
     ((m01, s01),) = model.stage_params(y, hyper, [(0, 1)])
     torch.testing.assert_close(m01, means[:, :, 0::2, 1::2])
     torch.testing.assert_close(s01, scales[:, :, 0::2, 1::2])
+
+
+def test_masked_weight_cache_follows_weight_changes():
+    model = randomize(MultistageContext(o.paper_order(2), M, CH)).eval()
+    y = torch.randn(1, M, 6, 6)
+    with torch.no_grad():
+        first = model.context(y)
+        model.weight.mul_(2.0)  # in place, as an optimizer step or load_state_dict does
+        second = model.context(y)
+        torch.testing.assert_close(second, model.context_naive(y))
+    assert not torch.allclose(first, second)

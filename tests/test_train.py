@@ -102,3 +102,13 @@ def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
     assert r.returncode == 2 and "lengths" in r.stderr and "Traceback" not in r.stderr
     r = run(*common, "--order", "0,1;2,3", "--kind", "autoregressive", "--out", str(tmp_path / "x.pt"))
     assert r.returncode == 2 and "exactly one" in r.stderr
+
+
+def test_init_continues_from_exported_weights(tmp_path, image_dir):
+    first = tmp_path / "a.pt"
+    train.main(base_args(image_dir, first, 2))
+    shipped = tmp_path / "w.pt"
+    train.main(["export", "--ckpt", str(first), "--out", str(shipped)])
+    cont = tmp_path / "b.pt"
+    assert train.main([*base_args(image_dir, cont, 3), "--init", str(shipped)]) == 0
+    assert read_checkpoint(cont)["train_state"]["step"] == 3  # continued at step 2, one more step
