@@ -431,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
             "elements": table.num_elements,
             "pixels": table.num_pixels,
             "latent_channels": lat.latent_channels,
+            "mean_height": float(np.mean([e.y_hat.shape[1] for e in lat.entries])),
+            "mean_width": float(np.mean([e.y_hat.shape[2] for e in lat.entries])),
         },
         "seeds": {"search": args.seed, "verify": args.seed},
         "device": device_name(device),

@@ -1,0 +1,393 @@
+"""Figures and a summary of search runs: ``python -m orderopt.report [RUN_DIR ...]``.
+
+Without arguments it reports the most recent finished run under ``runs/``. With several run
+directories (patch 2 against 4, or two models) they are shown side by side. Writes into
+the first run directory (or ``--out``): ``report.md`` and the PNG figures it embeds.
+
+- ``gains.png``: rate gain of every candidate against checkerboard and autoregressive;
+- ``orders.png``: best, worst and the paper's order as k×k grids of stage numbers;
+- ``stages.png``: bits spent at each stage by the best order and by raster;
+- ``proxy_vs_dedicated.png``: proxy against dedicated rates with rank correlations;
+- ``tradeoff.png``: rate against serial decoding stages (the rate/latency trade-off);
+- ``random.png`` (k ≥ 3): the distribution of the rates of random orders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Patch
+
+from . import orders as od
+from .costs import CostTable
+from .errors import OneLineErrorParser, UserError, run_cli
+from .search import COLUMNS
+
+BASELINES = ("hyperprior", "checkerboard", "autoregressive")
+
+
+class Run:
+    """A finished search run directory: its candidates, cost table and manifest."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise UserError(f"run directory {self.path} does not exist")
+        mf, csv = self.path / "manifest.json", self.path / "candidates.csv"
+        if not mf.is_file() or not csv.is_file():
+            raise UserError(
+                f"{self.path} is not a finished orderopt search run (no manifest.json or "
+                "candidates.csv); run python -m orderopt.search first or let it finish"
+            )
+        try:
+            self.manifest = json.loads(mf.read_text())
+            self.df = pd.read_csv(csv)
+        except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.path} holds damaged run files ({err})") from None
+        if not isinstance(self.manifest, dict):
+            raise UserError(f"{self.path} is not an orderopt search run (its manifest is not a JSON object)")
+        if self.manifest.get("status") != "complete":
+            raise UserError(f"the run in {self.path} did not finish; run the same search again to resume it")
+        if list(self.df.columns) != COLUMNS or "arguments" not in self.manifest:
+            raise UserError(f"{self.path} is not an orderopt search run (unexpected manifest or columns)")
+        self.patch = int(self.manifest["arguments"]["patch"])
+        self.label = (
+            f"{self.path.name} ({self.patch}×{self.patch}, model {self.manifest.get('model_hash', '?')[:8]})"
+        )
+        costs = self.path / "costs.npz"
+        self.table = CostTable.load(costs) if costs.is_file() else None
+
+    @property
+    def orders(self) -> pd.DataFrame:
+        return self.df[~self.df["order"].isin(BASELINES)]
+
+    def baseline(self, name: str) -> pd.Series:
+        return self.df[self.df["order"] == name].iloc[0]
+
+    def paper(self) -> str | None:
+        return str(od.paper_order(self.patch)) if self.patch in (2, 4) else None
+
+
+def latest_run(root: Path = Path("runs")) -> Path:
+    runs = [p.parent for p in root.glob("*/manifest.json")] if root.is_dir() else []
+    if not runs:
+        raise UserError(
+            f"no search runs under {root}/; run `python -m orderopt.search --patch 2` first "
+            "or name a run directory"
+        )
+    return max(runs, key=lambda p: (p / "manifest.json").stat().st_mtime)
+
+
+def rate_column(df: pd.DataFrame) -> pd.Series:
+    """Bits per latent: dedicated where measured, else the proxy's."""
+    return df["dedicated_bits_per_latent"].fillna(df["proxy_bits_per_latent"])
+
+
+# --- figures ---------------------------------------------------------------------------------
+def fig_gains(runs: list[Run], path: Path) -> None:
+    fig, axes = plt.subplots(len(runs), 2, figsize=(12, 3.8 * len(runs)), squeeze=False)
+    for run, row in zip(runs, axes, strict=True):
+        for ax, col, base in zip(
+            row,
+            ("gain_vs_checkerboard_pct", "gain_vs_autoregressive_pct"),
+            ("checkerboard", "autoregressive"),
+            strict=True,
+        ):
+            d = run.orders.dropna(subset=[col]).sort_values(col)
+            if d.empty:
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no {base} rate on a common basis\n(run the search with --verify)",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
+                ax.set_axis_off()
+                continue
+            colors = ["tab:red" if o == run.paper() else "tab:blue" for o in d["order"]]
+            ax.bar(np.arange(len(d)), d[col], color=colors, width=0.85)
+            handles = [Patch(color="tab:blue", label="candidate orders")]
+            for b, style in (("hyperprior", ":"), ("checkerboard", "--"), ("autoregressive", "-.")):
+                v = run.baseline(b)[col]
+                if np.isfinite(v):
+                    handles.append(ax.axhline(v, color="k", ls=style, lw=1, label=f"{b} ({v:+.2f}%)"))
+            if run.paper() in set(d["order"]):
+                handles.insert(1, Patch(color="tab:red", label=f"paper's order {run.paper()}"))
+            ax.set_title(f"{run.label}: gain vs {base}")
+            ax.set_xlabel("candidates, sorted by gain")
+            ax.set_ylabel(f"rate change vs {base} (%), lower is better")
+            ax.legend(handles=handles, fontsize=7, loc="upper left")
+            ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def draw_grid(ax, order: od.DecodingOrder, title: str) -> None:
+    s = order.stages
+    ax.imshow(s, cmap="viridis", vmin=0, vmax=max(1, order.num_stages - 1))
+    for (r, c), v in np.ndenumerate(s):
+        ax.text(
+            c,
+            r,
+            str(v),
+            ha="center",
+            va="center",
+            color="w" if v < order.num_stages / 2 else "k",
+            fontsize=14 if order.patch <= 2 else 10,
+        )
+    ax.set_xticks(range(order.patch))
+    ax.set_yticks(range(order.patch))
+    ax.set_xlabel("column in patch")
+    ax.set_ylabel("row in patch")
+    ax.set_title(title, fontsize=9)
+
+
+def fig_orders(runs: list[Run], path: Path) -> None:
+    fig, axes = plt.subplots(len(runs), 3, figsize=(10, 3.4 * len(runs)), squeeze=False)
+    for run, row in zip(runs, axes, strict=True):
+        d = run.orders.assign(rate=rate_column(run.orders)).sort_values("rate")
+        picks = [("best", d.iloc[0]), ("worst", d.iloc[-1])]
+        if run.paper() in set(d["order"]):
+            picks.append(("paper", d[d["order"] == run.paper()].iloc[0]))
+        for ax, (name, r) in zip(row, picks, strict=False):
+            draw_grid(
+                ax, od.DecodingOrder.parse(r["order"]), f"{name}: {r['order']}\n{r['rate']:.4f} bits/latent"
+            )
+        for ax in row[len(picks) :]:
+            ax.set_axis_off()
+    fig.suptitle("Decoding orders (stage number of each in-patch position; lower decodes first)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fig_stages(runs: list[Run], path: Path) -> bool:
+    usable = [r for r in runs if r.table is not None]
+    if not usable:
+        return False
+    fig, axes = plt.subplots(1, len(usable), figsize=(6 * len(usable), 3.8), squeeze=False)
+    for run, ax in zip(usable, axes[0], strict=True):
+        best = od.DecodingOrder.parse(run.orders.sort_values("proxy_bits_per_latent").iloc[0]["order"])
+        for order, name in ((best, f"best {best}"), (od.raster(run.patch), "raster")):
+            try:
+                costs = np.array(run.table.stage_costs(order)) / (run.table.num_elements / run.patch**2)
+            except ValueError:
+                continue
+            ax.plot(np.arange(order.num_stages), costs, "o-", label=name)
+        ax.set_title(f"{run.label}: bits per stage")
+        ax.set_xlabel("stage")
+        ax.set_ylabel("bits per latent decoded at the stage")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def fig_proxy_vs_dedicated(runs: list[Run], path: Path) -> bool:
+    have = [r for r in runs if r.df["dedicated_bits_per_latent"].notna().sum() >= 3]
+    if not have:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for run in have:
+        d = run.df.dropna(subset=["dedicated_bits_per_latent", "proxy_bits_per_latent"])
+        rc = run.manifest.get("rank_correlation", {})
+        ax.scatter(
+            d["proxy_bits_per_latent"],
+            d["dedicated_bits_per_latent"],
+            label=f"{run.label}: Spearman {rc.get('spearman', float('nan')):.2f}, "
+            f"Kendall {rc.get('kendall', float('nan')):.2f} (n={rc.get('n', len(d))})",
+        )
+        for _, r in d.iterrows():
+            ax.annotate(r["order"], (r["proxy_bits_per_latent"], r["dedicated_bits_per_latent"]), fontsize=6)
+    ax.set_xlabel("proxy rate (bits per latent)")
+    ax.set_ylabel("dedicated rate (bits per latent)")
+    ax.set_title("Proxy against dedicated models")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def latent_size(run: Run) -> tuple[int, int]:
+    """Mean latent height and width of the run's images (from its cached latents if present)."""
+    hw = int(run.baseline("autoregressive")["stages"])
+    side = max(1, int(round(np.sqrt(hw))))
+    return side, max(1, hw // side)
+
+
+def fig_tradeoff(runs: list[Run], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        d = run.df.assign(rate=run.df["bpp"])
+        best = d[~d["order"].isin(BASELINES)].iloc[0]
+        pts = [
+            (1, run.baseline("hyperprior")["bpp"], "hyperprior"),
+            (2, run.baseline("checkerboard")["bpp"], "checkerboard"),
+            (best["stages"], best["bpp"], f"best {run.patch}×{run.patch}"),
+        ]
+        if run.paper() in set(d["order"]):
+            p = d[d["order"] == run.paper()].iloc[0]
+            pts.append((p["stages"], p["bpp"], f"paper {run.patch}×{run.patch}"))
+        ar = run.baseline("autoregressive")
+        if np.isfinite(ar["bpp"]):
+            h, w = latent_size(run)
+            pts += [
+                (ar["stages"], ar["bpp"], "autoregressive (H·W)"),
+                (w + 3 * h, ar["bpp"], "AR wavefront (W+3H)"),
+            ]
+        pts = [p for p in pts if np.isfinite(p[1])]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=run.label)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("serial decoding stages (log scale)")
+    ax.set_ylabel("rate (bits per pixel, ŷ and ẑ)")
+    ax.set_title("Rate against decoding latency")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fig_random(runs: list[Run], path: Path) -> bool:
+    big = [r for r in runs if r.patch >= 3 and (r.df["source"] == "random").sum() >= 5]
+    if not big:
+        return False
+    fig, axes = plt.subplots(1, len(big), figsize=(6 * len(big), 3.8), squeeze=False)
+    for run, ax in zip(big, axes[0], strict=True):
+        d = run.df
+        ax.hist(
+            d[d["source"] == "random"]["proxy_bits_per_latent"], bins=30, color="0.7", label="random orders"
+        )
+        best = run.orders.sort_values("proxy_bits_per_latent").iloc[0]
+        marks = [
+            ("best", best["proxy_bits_per_latent"], "tab:green"),
+            ("raster", d[d["order"] == str(od.raster(run.patch))]["proxy_bits_per_latent"].min(), "tab:blue"),
+        ]
+        if run.paper():
+            marks.append(("paper", d[d["order"] == run.paper()]["proxy_bits_per_latent"].min(), "tab:red"))
+        for name, v, color in marks:
+            if np.isfinite(v):
+                ax.axvline(v, color=color, label=f"{name} ({v:.4f})")
+        ax.set_title(f"{run.label}: random orders")
+        ax.set_xlabel("proxy rate (bits per latent)")
+        ax.set_ylabel("number of orders")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# --- summary ---------------------------------------------------------------------------------
+def fmt(v: float, spec: str = "+.2f") -> str:
+    return "–" if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def summary_rows(run: Run) -> list[str]:
+    d = run.orders.assign(rate=rate_column(run.orders)).sort_values("rate")
+    best = d.iloc[0]
+    out = [
+        f"### {run.label}",
+        "",
+        f"Images: {run.manifest.get('images', run.manifest.get('latents', '?'))}; strategy "
+        f"{run.manifest['strategy']['strategy']}; {len(run.orders)} candidate orders; "
+        f"run time {run.manifest['timings_s']['total_s']:.1f} s on {run.manifest['device']}.",
+        "",
+        "| order | stages | source | proxy bits/latent | dedicated bits/latent | bpp | vs checkerboard | "
+        "vs autoregressive |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [best]
+    if run.paper() in set(d["order"]) and run.paper() != best["order"]:
+        rows.append(d[d["order"] == run.paper()].iloc[0])
+    rows.append(d.iloc[-1])
+    rows += [run.baseline(b) for b in BASELINES]
+    for r in rows:
+        out.append(
+            f"| `{r['order']}` | {r['stages']} | {r['source']} | {fmt(r['proxy_bits_per_latent'], '.4f')} | "
+            f"{fmt(r['dedicated_bits_per_latent'], '.4f')} | {fmt(r['bpp'], '.4f')} | "
+            f"{fmt(r['gain_vs_checkerboard_pct'])}% | {fmt(r['gain_vs_autoregressive_pct'])}% |"
+        )
+    rc = run.manifest.get("rank_correlation", {})
+    if "spearman" in rc:
+        out += [
+            "",
+            f"Proxy against dedicated over {rc['n']} models: Spearman {rc['spearman']:.3f}, "
+            f"Kendall {rc['kendall']:.3f}.",
+        ]
+    out += [
+        "",
+        "Gains are (R − R_base)/R_base in percent, negative is better; dedicated rates where both have "
+        "one, else proxy rates (column `gain_basis` of candidates.csv). Proxy rates of different patch "
+        "sizes come from different proxies: compare runs on dedicated rates.",
+        "",
+    ]
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="python -m orderopt.report",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("runs", nargs="*", help="run directories (default: the latest finished run under runs/)")
+    p.add_argument("--out", help="folder for report.md and figures (default: the first run directory)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runs = [Run(p) for p in (args.runs or [latest_run()])]
+    out = Path(args.out) if args.out else runs[0].path
+    out.mkdir(parents=True, exist_ok=True)
+    fig_gains(runs, out / "gains.png")
+    fig_orders(runs, out / "orders.png")
+    fig_tradeoff(runs, out / "tradeoff.png")
+    figures = [
+        ("Rate against decoding latency", "tradeoff.png"),
+        ("Rate gains", "gains.png"),
+        ("Orders", "orders.png"),
+    ]
+    if fig_stages(runs, out / "stages.png"):
+        figures.append(("Bits per stage", "stages.png"))
+    if fig_proxy_vs_dedicated(runs, out / "proxy_vs_dedicated.png"):
+        figures.append(("Proxy against dedicated", "proxy_vs_dedicated.png"))
+    if fig_random(runs, out / "random.png"):
+        figures.append(("Random orders", "random.png"))
+    lines = [
+        "# orderopt report",
+        "",
+        "Regenerate: `python -m orderopt.report " + " ".join(str(r.path) for r in runs) + "`.",
+        "",
+    ]
+    for run in runs:
+        lines += summary_rows(run)
+    for title, fname in figures:
+        lines += [f"## {title}", "", f"![{title}]({fname})", ""]
+    tmp = out / "report.md.tmp"
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out / "report.md")
+    print(f"wrote {out / 'report.md'} with {len(figures)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

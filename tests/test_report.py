@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from orderopt import report, search
+from tests.test_search import setup  # noqa: F401  (fixture)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "orderopt.report", *args], capture_output=True, text=True)
+
+
+def test_report_of_two_runs(setup, tmp_path):  # noqa: F811
+    tmp, common, proxies = setup
+    a, b = tmp / "p2", tmp / "p3"
+    assert search.main(["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(a)]) == 0
+    assert (
+        search.main(
+            [
+                "--patch",
+                "3",
+                "--strategy",
+                "greedy",
+                *common,
+                "--proxy",
+                str(proxies[3]),
+                "--out",
+                str(b),
+                "--random",
+                "12",
+            ]
+        )
+        == 0
+    )
+    assert report.main([str(a), str(b)]) == 0
+    md = (a / "report.md").read_text()
+    for fig in ("gains.png", "orders.png", "tradeoff.png", "stages.png", "random.png"):
+        assert (a / fig).stat().st_size > 5000 and f"({fig})" in md
+    assert "0,1;2,3" in md and "checkerboard" in md and "p3 (3×3" in md
+
+
+def test_report_errors(tmp_path):
+    r = run(str(tmp_path / "missing"))
+    assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "candidates.csv").write_text("order\n")
+    r = run(str(partial))
+    assert r.returncode == 2 and "not a finished orderopt search run" in r.stderr
+    (partial / "manifest.json").write_text(json.dumps({"status": "running"}))
+    r = run(str(partial))
+    assert r.returncode == 2 and "did not finish" in r.stderr
+    (partial / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    r = run(str(partial))
+    assert r.returncode == 2 and "not an orderopt search run" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, "-m", "orderopt.report"], capture_output=True, text=True, cwd=empty)
+    assert r.returncode == 2 and "no search runs" in r.stderr
+
+
+@pytest.mark.parametrize("bad", ["{", "[]"])
+def test_damaged_manifest(tmp_path, bad):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "manifest.json").write_text(bad)
+    (d / "candidates.csv").write_text("x\n")
+    r = run(str(d))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
