@@ -1,0 +1,140 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from orderopt import codec, data
+from orderopt import orders as o
+from orderopt.context import AnyOrderContext, AutoregressiveContext, MultistageContext
+from orderopt.errors import UserError
+from orderopt.fit import load_context, save_context
+from orderopt.model import load_model
+
+M, CH = 12, 24
+
+
+@pytest.fixture
+def base(tiny_ckpt):
+    return load_model(tiny_ckpt)
+
+
+def saved(model, tmp_path, name, **meta):
+    path = tmp_path / f"{name}.pt"
+    save_context(model, path, {"latent_channels": M, "hyper_channels": CH, "model_hash": "t", **meta})
+    return load_context(path)
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(0, 6, (70, 90, 3)), axis=1)
+    return data.to_tensor(np.clip(smooth - smooth.min(), 0, 255).astype(np.uint8))
+
+
+def contexts(tmp_path):
+    torch.manual_seed(0)
+    out = [
+        (
+            "dedicated 2x2",
+            saved(
+                MultistageContext(o.paper_order(2), M, CH), tmp_path, "ms", kind="multistage", order="0,1;2,3"
+            ),
+            None,
+        ),
+        (
+            "dedicated grouped 3x3",
+            saved(
+                MultistageContext(o.DecodingOrder("0,1,0;2,1,2;0,1,0"), M, CH),
+                tmp_path,
+                "ms3",
+                kind="multistage",
+                order="0,1,0;2,1,2;0,1,0",
+            ),
+            None,
+        ),
+        (
+            "proxy checkerboard",
+            saved(AnyOrderContext(2, M, CH), tmp_path, "px", kind="anyorder", patch=2),
+            o.checkerboard(),
+        ),
+        (
+            "proxy hyperprior-only",
+            saved(AnyOrderContext(2, M, CH), tmp_path, "px", kind="anyorder", patch=2),
+            o.hyperprior_only(),
+        ),
+        ("autoregressive", saved(AutoregressiveContext(M, CH), tmp_path, "ar", kind="autoregressive"), None),
+    ]
+    return out
+
+
+def test_round_trips_are_exact(tmp_path, base, image):
+    model, meta = base
+    expected = data.crop_to(
+        model.synthesize(model.analyze(data.pad_to_multiple(image[None])[0]).y_hat), image.shape[1:]
+    )[0]
+    for name, (ctx, cmeta), order in contexts(tmp_path):
+        enc = codec.encode(image, model, meta["hash"], ctx, cmeta, order)
+        dec = codec.decode(enc.stream, model, meta["hash"], ctx, cmeta)
+        assert torch.equal(dec.y_hat, enc.y_hat), name
+        assert torch.equal(dec.image, expected), name
+        _, z_words, y_words = codec.unpack(enc.stream)
+        payload_bits = 32 * (len(z_words) + len(y_words))
+        # within 1% of the likelihoods, plus at most one padding word per stream
+        assert payload_bits <= enc.estimated_bits * 1.01 + 64, name
+
+
+def test_cli_round_trip_and_errors(tmp_path, tiny_ckpt, image, base):
+    png = tmp_path / "in.png"
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(png)
+    ctx = tmp_path / "px.pt"
+    save_context(
+        AnyOrderContext(2, M, CH),
+        ctx,
+        {"kind": "anyorder", "patch": 2, "latent_channels": M, "hyper_channels": CH, "model_hash": "t"},
+    )
+    stream, out = tmp_path / "s.oopt", tmp_path / "out.png"
+    common = ["--model", str(tiny_ckpt), "--context", str(ctx)]
+    assert codec.main(["encode", str(png), str(stream), "--order", "0,2;3,1", *common]) == 0
+    assert codec.main(["decode", str(stream), str(out), *common]) == 0
+    assert Image.open(out).size == (90, 70)
+
+    def fails(data_bytes, message):
+        bad = tmp_path / "bad.oopt"
+        bad.write_bytes(data_bytes)
+        r = subprocess.run(
+            [sys.executable, "-m", "orderopt.codec", "decode", str(bad), str(out), *common],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+    good = stream.read_bytes()
+    fails(good[:-4], "truncated")
+    fails(good[:20], "truncated")
+    fails(good + b"\0\0\0\0", "too long")
+    flipped = bytearray(good)
+    flipped[-3] ^= 0x40
+    fails(bytes(flipped), "checksum")
+    fails(b"JUNK" + good[4:], "not an orderopt stream")
+    fails(b"", "not an orderopt stream")
+
+
+def test_stream_from_another_model(tmp_path, base, image):
+    model, meta = base
+    ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
+    enc = codec.encode(image, model, meta["hash"], ctx, cmeta)
+    with pytest.raises(UserError, match="base model"):
+        codec.decode(enc.stream, model, "0" * 16, ctx, cmeta)
+    with pytest.raises(UserError, match="context model"):
+        codec.decode(enc.stream, model, meta["hash"], ctx, {**cmeta, "hash": "x"})
+
+
+def test_order_that_does_not_tile_the_proxy(tmp_path, base, image):
+    model, meta = base
+    ctx, cmeta = saved(AnyOrderContext(2, M, CH), tmp_path, "px", kind="anyorder", patch=2)
+    with pytest.raises(UserError, match="does not tile"):
+        codec.encode(image, model, meta["hash"], ctx, cmeta, o.raster(3))
