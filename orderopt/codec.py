@@ -272,11 +272,21 @@ def unpack(stream: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
 
 @dataclass
 class Decoded:
+    """A decoded image and where the time went. ``network_seconds`` and ``coding_seconds``
+    cover the ŷ stages alone (what the schedule changes); ẑ with h_s, and the synthesis g_s,
+    are common to every schedule and timed apart."""
+
     image: torch.Tensor  # (3, H, W)
     y_hat: torch.Tensor
     seconds: float
     network_seconds: float
     coding_seconds: float
+    hyper_seconds: float
+    synthesis_seconds: float
+
+    @property
+    def latent_seconds(self) -> float:
+        return self.network_seconds + self.coding_seconds
 
 
 @torch.no_grad()
@@ -294,24 +304,20 @@ def decode(
             f"stream was encoded with context model {header['context'].get('hash')}, not "
             f"{context_meta.get('hash')}; pass the same --context"
         )
-    net = coding = 0.0
+    t = time.perf_counter()
     n, hz, wz = header["z_shape"]
     zlo, zhi = header["z_range"]
-    t = time.perf_counter()
     probs = z_probabilities(base, zlo, zhi)
-    net += time.perf_counter() - t
-    t = time.perf_counter()
     dec = constriction.stream.queue.RangeDecoder(z_words)
     cat = constriction.stream.model.Categorical(perfect=False)
     zs = dec.decode(cat, np.repeat(probs[None], hz * wz, 0).reshape(-1, probs.shape[1]))
     z_hat = torch.from_numpy(zs.reshape(hz * wz, n).T.reshape(1, n, hz, wz).astype(np.float32)) + zlo
-    coding += time.perf_counter() - t
-    t = time.perf_counter()
     hyper = base.h_s(z_hat)
     m, h, w = header["y_shape"]
     order = od.DecodingOrder.parse(header["order"]) if header.get("order") else None
     schedule = make_schedule(context, order, h, w)
-    net += time.perf_counter() - t
+    hyper_s = time.perf_counter() - t
+    net = coding = 0.0
     dec = constriction.stream.queue.RangeDecoder(y_words)
     gauss = constriction.stream.model.QuantizedGaussian(*header["y_range"])
     y = torch.zeros(1, m, h, w)
@@ -327,8 +333,8 @@ def decode(
         coding += time.perf_counter() - t
     t = time.perf_counter()
     image = data.crop_to(base.synthesize(y), tuple(header["image"]))[0]
-    net += time.perf_counter() - t
-    return Decoded(image, y[0], time.perf_counter() - t0, net, coding)
+    synth_s = time.perf_counter() - t
+    return Decoded(image, y[0], time.perf_counter() - t0, net, coding, hyper_s, synth_s)
 
 
 # --- command line ----------------------------------------------------------------------------

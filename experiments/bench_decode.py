@@ -1,0 +1,139 @@
+"""Decoding time of each schedule with real streams, on the embedded photographs.
+
+For every image and schedule (hyperprior-only, checkerboard, the paper's 2×2 and 4×4 orders
+with dedicated multistage models, and the serial autoregressive model), the image is
+encoded once and decoded ``--repeat`` times; the median decoding time of the ŷ stages (what
+the schedule changes) is split into context-network and entropy-coding time; ẑ with h_s and
+the synthesis g_s, common to all schedules, are reported apart. Network and coding time
+depend on the architecture and the number of stages, not on the trained values of the
+weights, so dedicated models are used at their initialisation unless trained checkpoints
+are given with ``--context NAME=CKPT``.
+
+Writes results/decode_time.{json,md}.   python experiments/bench_decode.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+from orderopt import codec, data
+from orderopt import orders as od
+from orderopt.context import AutoregressiveContext, MultistageContext
+from orderopt.fit import load_context
+from orderopt.model import load_model
+
+SCHEDULES = {
+    "hyperprior": od.hyperprior_only(),
+    "checkerboard": od.checkerboard(),
+    "paper 2x2": od.paper_order(2),
+    "paper 4x4": od.paper_order(4),
+    "autoregressive": None,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=3, help="decodes per image and schedule (median)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--context", action="append", default=[], help="NAME=CKPT: trained model for a schedule")
+    p.add_argument("--out", default="results", help="output folder")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base, meta = load_model()
+    m, c = base.M, 2 * base.M
+    given = dict(s.split("=", 1) for s in args.context)
+    models = {}
+    for name, order in SCHEDULES.items():
+        if name in given:
+            models[name] = load_context(given[name])
+            continue
+        model = AutoregressiveContext(m, c) if order is None else MultistageContext(order, m, c)
+        kind = "autoregressive" if order is None else "multistage"
+        models[name] = (
+            model.eval(),
+            {"kind": kind, "order": None if order is None else str(order), "hash": f"untrained-{name}"},
+        )
+    rows = []
+    for im in data.load_images(None):
+        h, w = im.image.shape[1:]
+        for name, (model, cmeta) in models.items():
+            enc = codec.encode(im.image, base, meta["hash"], model, cmeta)
+            runs = [codec.decode(enc.stream, base, meta["hash"], model, cmeta) for _ in range(args.repeat)]
+            assert torch.equal(runs[0].y_hat, enc.y_hat)
+            best = sorted(runs, key=lambda r: r.latent_seconds)[len(runs) // 2]
+            rows.append(
+                {
+                    "image": im.name,
+                    "width": w,
+                    "height": h,
+                    "schedule": name,
+                    "stages": codec.make_schedule(model, None, *enc.y_hat.shape[1:]).num_stages,
+                    "latent_s": best.latent_seconds,
+                    "network_s": best.network_seconds,
+                    "coding_s": best.coding_seconds,
+                    "hyper_s": best.hyper_seconds,
+                    "synthesis_s": best.synthesis_seconds,
+                    "decode_s": best.seconds,
+                    "bytes": len(enc.stream),
+                }
+            )
+            print(
+                f"{im.name:12s} {name:15s} ŷ {1e3 * best.latent_seconds:8.1f} ms (network "
+                f"{1e3 * best.network_seconds:.1f}, coding {1e3 * best.coding_seconds:.1f}); "
+                f"whole decode {1e3 * best.seconds:.1f} ms"
+            )
+    keys = ("latent_s", "network_s", "coding_s", "hyper_s", "synthesis_s", "decode_s")
+    summary = {
+        name: {k: statistics.median(x[k] for x in rows if x["schedule"] == name) for k in keys}
+        for name in SCHEDULES
+    }
+    moto = {x["schedule"]: x["latent_s"] for x in rows if x["image"] == "motorcycle"}
+    ratios = {
+        "2x2_over_checkerboard": summary["paper 2x2"]["latent_s"] / summary["checkerboard"]["latent_s"],
+        "4x4_over_checkerboard": summary["paper 4x4"]["latent_s"] / summary["checkerboard"]["latent_s"],
+        "autoregressive_over_4x4_on_768x512": moto["autoregressive"] / moto["paper 4x4"],
+    }
+    result = {
+        "device": f"cpu {platform.processor() or platform.machine()}, {args.threads} threads",
+        "torch": torch.__version__,
+        "model_hash": meta["hash"],
+        "repeat": args.repeat,
+        "note": "dedicated models at initialisation unless given: timings do not depend on weight values",
+        "median_over_images": summary,
+        "ratios": ratios,
+        "rows": rows,
+        "command": "python experiments/bench_decode.py",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decode_time.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "| schedule | serial stages (motorcycle) | ŷ decoding (ms) | context network (ms) | "
+        "entropy coding (ms) | ẑ + h_s (ms) | synthesis g_s (ms) | whole decode (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in summary.items():
+        st = next(x["stages"] for x in rows if x["schedule"] == name and x["image"] == "motorcycle")
+        cells = " | ".join(f"{1e3 * v[k]:.1f}" for k in keys)
+        lines.append(f"| {name} | {st} | {cells} |")
+    text = (
+        f"# Decoding time ({result['device']}, torch {result['torch']})\n\n"
+        f"Median over the embedded photographs of the median of {args.repeat} decodes. "
+        f"Regenerate: `{result['command']}`. {result['note']}.\n\n" + "\n".join(lines) + "\n\n"
+        f"ŷ decoding time, 2×2 / checkerboard: {ratios['2x2_over_checkerboard']:.2f}×; "
+        f"4×4 / checkerboard: {ratios['4x4_over_checkerboard']:.2f}×; autoregressive / 4×4 on the "
+        f"768×512 (padded) motorcycle: {ratios['autoregressive_over_4x4_on_768x512']:.1f}×.\n"
+    )
+    (out / "decode_time.md").write_text(text)
+    print(json.dumps(ratios, indent=2))
+
+
+if __name__ == "__main__":
+    main()
