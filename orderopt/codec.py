@@ -62,8 +62,16 @@ class Schedule:
         raise NotImplementedError
 
     def params(self, y: torch.Tensor, hyper: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means, scales), each (M, n_t), of stage t's latents, in ``y[0][:, where(t)]`` order."""
+        """(means, scales), each (M, n_t), of stage t's latents, in :meth:`take`'s order."""
         raise NotImplementedError
+
+    def take(self, y: torch.Tensor, t: int) -> torch.Tensor:
+        """Stage t's latents of y (1, M, H, W) as (M, n_t)."""
+        return y[0][:, self.where(t)]
+
+    def put(self, y: torch.Tensor, t: int, values: torch.Tensor) -> None:
+        """Write (M, n_t) values of stage t into y, inverse of :meth:`take`."""
+        y[0][:, self.where(t)] = values
 
 
 class OrderSchedule(Schedule):
@@ -78,22 +86,32 @@ class OrderSchedule(Schedule):
         return self.stage == t
 
     def params(self, y, hyper, t):
+        if isinstance(self.model, MultistageContext):  # strided: only this stage's positions
+            out = self.model.stage_params(y, hyper, list(self.order.stage_positions(t)))
+            return (
+                torch.cat([m[0].flatten(1) for m, _ in out], 1),
+                torch.cat([s[0].flatten(1) for _, s in out], 1),
+            )
+        decoded = (self.stage < t).to(y)[None, None]  # proxy: one masked pass with the decoded set S_t
+        m, s = self.model.forward_masked(y, hyper, decoded)
         where = self.where(t)
-        if isinstance(self.model, MultistageContext):
-            k = self.order.patch
-            means = torch.zeros(y.shape[1], *y.shape[2:])
-            scales = torch.zeros_like(means)
-            for (r, c), (m, s) in zip(
-                self.order.stage_positions(t),
-                self.model.stage_params(y, hyper, list(self.order.stage_positions(t))),
-                strict=True,
-            ):
-                means[:, r::k, c::k], scales[:, r::k, c::k] = m[0], s[0]
-        else:  # proxy: one masked pass with the decoded set S_t
-            decoded = (self.stage < t).to(y)[None, None]
-            m, s = self.model.forward_masked(y, hyper, decoded)
-            means, scales = m[0], s[0]
-        return means[:, where], scales[:, where]
+        return m[0][:, where], s[0][:, where]
+
+    def take(self, y, t):
+        if not isinstance(self.model, MultistageContext):
+            return super().take(y, t)
+        k = self.order.patch
+        return torch.cat([y[0][:, r::k, c::k].flatten(1) for r, c in self.order.stage_positions(t)], 1)
+
+    def put(self, y, t, values):
+        if not isinstance(self.model, MultistageContext):
+            return super().put(y, t, values)
+        k, start = self.order.patch, 0
+        for r, c in self.order.stage_positions(t):
+            grid = y[0][:, r::k, c::k]
+            n = grid.shape[1] * grid.shape[2]
+            y[0][:, r::k, c::k] = values[:, start : start + n].reshape(grid.shape)
+            start += n
 
 
 class RasterSchedule(Schedule):
@@ -200,9 +218,8 @@ def encode(
     partial = torch.zeros_like(y_hat)
     estimated = 0.0
     for t in range(schedule.num_stages):
-        where = schedule.where(t)
         means, scales = schedule.params(partial, hyper, t)
-        symbols = y_hat[0][:, where]
+        symbols = schedule.take(y_hat, t)
         stds = scales.clamp_min(SCALE_MIN)
         coder.encode(
             symbols.reshape(-1).numpy().astype(np.int32),
@@ -211,7 +228,7 @@ def encode(
             stds.reshape(-1).double().numpy(),
         )
         estimated += float(_gauss_bits(symbols, means, stds))
-        partial[0][:, where] = symbols
+        schedule.put(partial, t, symbols)
     y_words = coder.get_compressed()
     header = {
         "model": base_hash,
@@ -323,13 +340,12 @@ def decode(
     y = torch.zeros(1, m, h, w)
     for st in range(schedule.num_stages):
         t = time.perf_counter()
-        where = schedule.where(st)
         means, scales = schedule.params(y, hyper, st)
         stds = scales.clamp_min(SCALE_MIN)
         net += time.perf_counter() - t
         t = time.perf_counter()
         vals = dec.decode(gauss, means.reshape(-1).double().numpy(), stds.reshape(-1).double().numpy())
-        y[0][:, where] = torch.from_numpy(vals.astype(np.float32)).view(m, -1)
+        schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(m, -1))
         coding += time.perf_counter() - t
     t = time.perf_counter()
     image = data.crop_to(base.synthesize(y), tuple(header["image"]))[0]
