@@ -20,7 +20,6 @@ Decoded sets are bitmasks over the k² in-patch positions, bit r·k + c for (row
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .context import AnyOrderContext
+from .files import atomic_write
 from .latents import LatentSet
 from .model import gaussian_bits
 from .orders import DecodingOrder, Position
@@ -185,23 +185,22 @@ class CostTable:
 
     def save(self, path: str | Path) -> None:
         """Atomic ``.npz`` with the table, what is known, and the metadata."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(
-            tmp,
-            format=FORMAT,
-            version=VERSION,
-            patch=self.patch,
-            table=self.table,
-            known=self.known,
-            num_elements=self.num_elements,
-            num_pixels=self.num_pixels,
-            z_bits=self.z_bits,
-            meta_keys=np.array(list(self.meta), dtype=str),
-            meta_values=np.array([str(v) for v in self.meta.values()], dtype=str),
+        atomic_write(
+            path,
+            lambda tmp: np.savez_compressed(
+                tmp,
+                format=FORMAT,
+                version=VERSION,
+                patch=self.patch,
+                table=self.table,
+                known=self.known,
+                num_elements=self.num_elements,
+                num_pixels=self.num_pixels,
+                z_bits=self.z_bits,
+                meta_keys=np.array(list(self.meta), dtype=str),
+                meta_values=np.array([str(v) for v in self.meta.values()], dtype=str),
+            ),
         )
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path, oracle: ProxyOracle | None = None) -> CostTable:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from . import data
 from .errors import OneLineErrorParser, run_cli
+from .files import write_json
 from .model import HyperpriorCodec, gaussian_bits, load_model
 
 
@@ -87,14 +87,6 @@ def summary(rows: list[dict], meta: dict, images: str) -> dict:
         "results": {k: [float(np.mean([r[k] for r in rows]))] for k in keys},
         "images": rows,
     }
-
-
-def write_json(obj, path: Path) -> None:
-    """Atomic JSON write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,6 @@ size, batch, steps and seed, so that the only difference is the context model it
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from . import context as ctxm
+from .files import load_versioned, save_torch
 from .latents import LatentSet
 from .model import gaussian_bits, state_hash
 from .orders import DecodingOrder
@@ -107,27 +107,14 @@ def save_context(
     payload = {"format": FORMAT, "version": VERSION, **meta, "state_dict": sd, "hash": state_hash(sd)}
     if train_state is not None:
         payload["train_state"] = train_state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_torch(payload, path)
 
 
 def load_context(path: str | Path) -> tuple[ctxm.ContextModel, dict]:
     """A saved context model and its metadata; clear errors for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(
-            f"context model {path} does not exist; train it with `python -m orderopt.train context`"
-        )
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"context model {path} cannot be read ({type(err).__name__}); is it truncated?"
-        ) from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("version") != VERSION:
-        raise ValueError(f"{path} is not an orderopt context model of version {VERSION}")
+    d = load_versioned(
+        path, FORMAT, VERSION, "context model", "train it with `python -m orderopt.train context`"
+    )
     if state_hash(d["state_dict"]) != d.get("hash"):
         raise ValueError(f"context model {path} is corrupt: weights do not match the recorded hash")
     model = build_context(

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .data import NamedImage, images_fingerprint, pad_to_multiple
 from .errors import UserError
+from .files import load_versioned, save_torch
 from .model import HyperpriorCodec
 
 FORMAT = "orderopt-latents"
@@ -99,8 +100,6 @@ class LatentSet:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": FORMAT,
             "version": VERSION,
@@ -117,9 +116,7 @@ class LatentSet:
                 for e in self.entries
             ],
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        save_torch(payload, path)
 
 
 def load_latents(path: str | Path) -> LatentSet:
@@ -129,16 +126,7 @@ def load_latents(path: str | Path) -> LatentSet:
         raise UserError(f"latent file {path} does not exist")
     if path.suffix == ".npz":
         return _load_npz(path)
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(
-            f"latent file {path} cannot be read ({type(err).__name__}); is it truncated?"
-        ) from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise UserError(f"{path} is not an orderopt latent file (see orderopt.latents for the format)")
-    if d.get("version") != VERSION:
-        raise UserError(f"latent file {path} has version {d.get('version')}; this orderopt reads {VERSION}")
+    d = load_versioned(path, FORMAT, VERSION, "latent file")
     try:
         entries = tuple(
             LatentEntry(

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .files import load_versioned
 
 FORMAT = "orderopt-base"
 VERSION = 1
@@ -243,27 +244,13 @@ def make_checkpoint(
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load and check a checkpoint file; clear errors for missing, corrupt or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"checkpoint {path} does not exist; train one with `python -m orderopt.train base` "
-            "or leave out --model to use the shipped model"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise UserError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}); is it truncated?"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(
-            f"{path} is not an orderopt base-model checkpoint (format {fmt!r}, expected {FORMAT!r})"
-        )
-    if ckpt.get("version") != VERSION:
-        raise UserError(
-            f"checkpoint {path} has version {ckpt.get('version')}, this orderopt reads version {VERSION}"
-        )
+    ckpt = load_versioned(
+        path,
+        FORMAT,
+        VERSION,
+        "base-model checkpoint",
+        "train one with `python -m orderopt.train base` or leave out --model to use the shipped model",
+    )
     if state_hash(ckpt["state_dict"]) != ckpt.get("hash"):
         raise UserError(f"checkpoint {path} is corrupt: its weights do not match the recorded hash")
     return ckpt

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -30,6 +29,7 @@ from matplotlib.patches import Patch
 from . import orders as od
 from .costs import CostTable
 from .errors import OneLineErrorParser, UserError, run_cli
+from .files import atomic_write
 from .search import COLUMNS
 
 BASELINES = ("hyperprior", "checkerboard", "autoregressive")
@@ -93,6 +93,12 @@ def rate_column(df: pd.DataFrame) -> pd.Series:
 
 
 # --- figures ---------------------------------------------------------------------------------
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
 def fig_gains(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(len(runs), 2, figsize=(12, 3.8 * len(runs)), squeeze=False)
     for run, row in zip(runs, axes, strict=True):
@@ -128,9 +134,7 @@ def fig_gains(runs: list[Run], path: Path) -> None:
             ax.set_ylabel(f"rate change vs {base} (%), lower is better")
             ax.legend(handles=handles, fontsize=7, loc="upper left")
             ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def draw_grid(ax, order: od.DecodingOrder, title: str) -> None:
@@ -167,9 +171,7 @@ def fig_orders(runs: list[Run], path: Path) -> None:
         for ax in row[len(picks) :]:
             ax.set_axis_off()
     fig.suptitle("Decoding orders (stage number of each in-patch position; lower decodes first)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def fig_stages(runs: list[Run], path: Path) -> bool:
@@ -190,9 +192,7 @@ def fig_stages(runs: list[Run], path: Path) -> bool:
         ax.set_ylabel("bits per latent decoded at the stage")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -217,9 +217,7 @@ def fig_proxy_vs_dedicated(runs: list[Run], path: Path) -> bool:
     ax.set_title("Proxy against dedicated models")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -260,9 +258,7 @@ def fig_tradeoff(runs: list[Run], path: Path) -> None:
     ax.set_title("Rate against decoding latency")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def fig_random(runs: list[Run], path: Path) -> bool:
@@ -289,9 +285,7 @@ def fig_random(runs: list[Run], path: Path) -> bool:
         ax.set_xlabel("proxy rate (bits per latent)")
         ax.set_ylabel("number of orders")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -382,9 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += summary_rows(run)
     for title, fname in figures:
         lines += [f"## {title}", "", f"![{title}]({fname})", ""]
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out / "report.md")
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text("\n".join(lines)))
     print(f"wrote {out / 'report.md'} with {len(figures)} figures")
     return 0
 

@@ -38,7 +38,7 @@ from . import data, strategies
 from . import orders as od
 from .costs import CostTable, ProxyOracle, dedicated_rate
 from .errors import OneLineErrorParser, UserError, run_cli
-from .evaluate import write_json
+from .files import atomic_write, write_json
 from .fit import FitConfig, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
 from .model import load_model
@@ -310,9 +310,7 @@ def build_rows(
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def versions() -> dict[str, str]:
@@ -349,17 +347,7 @@ def settings_key(args) -> str:
 
 def print_table(df: pd.DataFrame, limit: int = 12) -> None:
     show = pd.concat([df[df["source"] != "baseline"].head(limit), df[df["source"] == "baseline"]])
-    cols = [
-        "rank",
-        "order",
-        "stages",
-        "source",
-        "proxy_bits_per_latent",
-        "dedicated_bits_per_latent",
-        "bpp",
-        "gain_vs_checkerboard_pct",
-        "gain_vs_autoregressive_pct",
-    ]
+    cols = [c for c in COLUMNS if c not in ("symmetry_class", "gain_basis")]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -22,15 +21,8 @@ from tqdm import tqdm
 
 from . import data
 from .errors import OneLineErrorParser, UserError, run_cli
+from .files import save_torch
 from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write ``obj`` to ``path`` so that an interrupted write never leaves a broken file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -114,7 +106,7 @@ def train_base(args: argparse.Namespace) -> int:
             "sampler": sampler.state(),
             "torch_rng": torch.get_rng_state(),
         }
-        atomic_torch_save(ckpt, out)
+        save_torch(ckpt, out)
 
     model.train()
     bar = tqdm(total=args.steps, initial=step, desc="train base", unit="step", dynamic_ncols=True)
@@ -158,7 +150,7 @@ def export(args: argparse.Namespace) -> int:
     model = HyperpriorCodec(**ckpt["arch"])
     model.load_state_dict(ckpt["state_dict"])
     shipped = make_checkpoint(model, ckpt["lmbda"], ckpt["training"], half=True)
-    atomic_torch_save(shipped, Path(args.out))
+    save_torch(shipped, Path(args.out))
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 2**20:.1f} MiB, hash {shipped['hash']})")
     return 0
 
@@ -180,7 +172,7 @@ def latent_set(
 def train_context(args: argparse.Namespace) -> int:
     from . import orders
     from .costs import CostTable, ProxyOracle
-    from .evaluate import write_json
+    from .files import write_json
     from .fit import FitConfig, build_context, fit_context, measure
 
     if args.threads:

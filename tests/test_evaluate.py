@@ -40,4 +40,8 @@ def test_evaluate_errors(tmp_path, image_dir):
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 2 and r.stderr.startswith("error: checkpoint") and r.stderr.count("\n") == 1
+    assert (
+        r.returncode == 2
+        and r.stderr.startswith("error: base-model checkpoint")
+        and r.stderr.count("\n") == 1
+    )
