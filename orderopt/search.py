@@ -36,7 +36,7 @@ import torch
 
 from . import data, strategies
 from . import orders as od
-from .costs import CostTable, ProxyOracle, dedicated_rate
+from .costs import CostTable, ProxyOracle, bitmask, dedicated_rate
 from .errors import OneLineErrorParser, UserError, run_cli
 from .files import atomic_write, write_json
 from .fit import FitConfig, load_context, measure
@@ -400,6 +400,17 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(args.seed)
         for _ in range(args.random):
             found.setdefault(od.random_order(args.patch, int(rng.integers(2**31))), "random")
+    needed = {
+        bitmask(sd, args.patch)
+        for o in [
+            *found,
+            *od.published_orders(args.patch).values(),
+            *filter(None, baseline_orders(args.patch).values()),
+        ]
+        for sd, _ in o.schedule()
+    }
+    table.fill(sorted(needed), progress=True)  # one batched pass for every order still to score
+    table.save(costs_path)
     dedicated = verify(args, found, table, lat, out) if args.verify else {}
     ded_ar = shipped_autoregressive(lat)
     if ded_ar is not None and "autoregressive" not in dedicated:
