@@ -39,6 +39,18 @@ def jpeg_curve(image) -> list[tuple[int, float, float]]:
     return out
 
 
+def training_table(meta: dict) -> str:
+    """The validation history recorded in the checkpoint (BSDS500 val, whole images)."""
+    hist = meta["training"].get("validation", [])
+    if not hist:
+        return ""
+    rows = "\n".join(f"| {h['step']} | {h['bpp']:.3f} | {h['psnr']:.2f} |" for h in hist)
+    return (
+        "## Training\n\nValidation during training (first 24 BSDS500 val images, bpp from the "
+        "likelihoods):\n\n| step | bpp | PSNR (dB) |\n|---|---|---|\n" + rows + "\n"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="base-model checkpoint (default: shipped)")
@@ -102,7 +114,7 @@ def main() -> None:
         f"# Base model against JPEG\n\nModel hash `{meta['hash']}`, λ = {meta['lmbda']}, "
         f"{meta['training']['steps']} training steps on BSDS500 train+test.\n"
         "Regenerate: `python experiments/base_vs_jpeg.py`.\n\n" + "\n".join(lines) + "\n\n"
-        "![RD](base_vs_jpeg.png)\n"
+        "![RD](base_vs_jpeg.png)\n\n" + training_table(meta)
     )
     print("\n".join(lines))
 
