@@ -40,7 +40,7 @@ from PIL import Image
 from . import data
 from . import orders as od
 from .context import AnyOrderContext, AutoregressiveContext, ContextModel, MultistageContext
-from .errors import OneLineErrorParser, UserError, run_cli
+from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .evaluate import to_uint8
 from .fit import load_context
 from .model import SCALE_MIN, HyperpriorCodec, load_model
@@ -378,21 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m orderopt.codec",
         description="Encode or decode an image with a "
         "multistage (or autoregressive) context model and a range coder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser(
-        "encode", help="image -> stream", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    e = sub.add_parser("encode", help="image -> stream", formatter_class=HelpFormatter)
     e.add_argument("image", help="input image (PNG, JPEG, ...)")
     e.add_argument("out", help="output stream file")
     e.add_argument("--order", help="decoding order, e.g. '0,1;2,3' (checkerboard '0,1;1,0', hyperprior '0')")
     e.add_argument("--kind", choices=["autoregressive"], help="code with the autoregressive model instead")
     for q in (
         e,
-        sub.add_parser(
-            "decode", help="stream -> PNG", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        ),
+        sub.add_parser("decode", help="stream -> PNG", formatter_class=HelpFormatter),
     ):
         q.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
         q.add_argument("--context", help="context-model checkpoint (default: the shipped proxy or AR model)")

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import data
-from .errors import OneLineErrorParser, run_cli
+from .errors import HelpFormatter, OneLineErrorParser, run_cli
 from .files import write_json
 from .model import HyperpriorCodec, gaussian_bits, load_model
 
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m orderopt.evaluate",
         description="Measure bpp and PSNR of the base codec on a folder of images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--images", help="image folder (default: the embedded scikit-image photographs)")
     p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")

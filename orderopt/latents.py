@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from .data import NamedImage, images_fingerprint, pad_to_multiple
-from .errors import UserError
+from .errors import HelpFormatter, UserError
 from .files import load_versioned, save_torch
 from .model import HyperpriorCodec
 
@@ -228,7 +228,6 @@ def load_image_folders(folders: Sequence[str | Path] | None) -> list[NamedImage]
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m orderopt.latents --images DIR [DIR ...] --out FILE``: extract latents once."""
-    import argparse
 
     from .errors import OneLineErrorParser
     from .model import load_model
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineErrorParser(
         prog="python -m orderopt.latents",
         description="Extract latents of images to a file (the format in orderopt.latents' documentation).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--images", nargs="*", help="image folder(s) (default: the embedded photographs)")
     p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")

@@ -28,7 +28,7 @@ from matplotlib.patches import Patch
 
 from . import orders as od
 from .costs import CostTable
-from .errors import OneLineErrorParser, UserError, run_cli
+from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write
 from .search import COLUMNS
 
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m orderopt.report",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("runs", nargs="*", help="run directories (default: the latest finished run under runs/)")
     p.add_argument("--out", help="folder for report.md and figures (default: the first run directory)")

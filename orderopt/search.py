@@ -37,7 +37,7 @@ import torch
 from . import data, strategies
 from . import orders as od
 from .costs import CostTable, ProxyOracle, bitmask, dedicated_rate
-from .errors import OneLineErrorParser, UserError, run_cli
+from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write, write_json
 from .fit import FitConfig, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
@@ -64,8 +64,9 @@ MAX_PATCH = {"exhaustive": 3, "dp": 4, "greedy": 6, "optuna": 8}
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m orderopt.search",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Search the decoding orders of a K×K patch and score them with the baselines (see the "
+        "module documentation for the output files).",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--patch", type=int, default=2, help="patch size k (k² stages)")
     p.add_argument(
@@ -90,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. sqlite:///study.db")
     p.add_argument("--study", help="Optuna study name (with --storage)")
     p.add_argument(
-        "--top", type=int, default=20, help="candidates kept from greedy/dp/optuna besides references"
+        "--top",
+        type=int,
+        default=20,
+        help="best Optuna orders kept as candidates (besides the published orders)",
     )
     p.add_argument("--random", type=int, default=0, help="also score this many random orders (distribution)")
     p.add_argument(

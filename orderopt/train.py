@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .errors import OneLineErrorParser, UserError, run_cli
+from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import save_torch
 from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
 
@@ -232,7 +232,7 @@ def _is_context_file(path: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = OneLineErrorParser(prog="python -m orderopt.train", description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("base", help="train the base hyperprior codec", formatter_class=fmt)
