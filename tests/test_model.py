@@ -96,3 +96,17 @@ def test_bad_checkpoints(tmp_path, tiny_model):
     torch.save(ckpt, tmp_path / "a.pt")
     with pytest.raises(UserError, match="does not fit"):
         load_model(tmp_path / "a.pt")
+
+
+def test_shipped_context_models_belong_to_the_shipped_model():
+    """After retraining the base model, its proxies and AR model must be retrained too."""
+    from orderopt.fit import load_context
+    from orderopt.model import SHIPPED
+
+    _, meta = load_model()
+    for path in sorted(SHIPPED.parent.glob("*.pt")):
+        if path.name == SHIPPED.name:
+            continue
+        model, cmeta = load_context(path)
+        assert cmeta["model_hash"] == meta["hash"], path.name
+        assert cmeta["latent_channels"] == meta["arch"]["M"]
