@@ -213,3 +213,48 @@ def test_latents_smaller_than_patch_and_foreign_proxy(setup, tmp_path):
     np.savez(other, y_hat=np.zeros((1, 5, 8, 8)), hyper=np.zeros((1, 10, 8, 8)), num_pixels=[16384])
     r = run("--patch", "2", "--latents", str(other), "--proxy", str(proxies[2]), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "another codec" in r.stderr
+
+
+def test_optuna_with_dedicated_objective(setup, image_dir):
+    tmp, common, proxies = setup
+    out = tmp / "ded"
+    assert (
+        search.main(
+            [
+                "--patch",
+                "2",
+                "--strategy",
+                "optuna",
+                "--objective",
+                "dedicated",
+                "--trials",
+                "2",
+                *common,
+                "--proxy",
+                str(proxies[2]),
+                "--out",
+                str(out),
+                "--train-images",
+                str(image_dir),
+                "--verify-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    df = pd.read_csv(out / "candidates.csv")
+    assert (df["source"].str.contains("optuna")).sum() >= 1
+    r = run(
+        "--patch",
+        "2",
+        "--strategy",
+        "optuna",
+        "--objective",
+        "dedicated",
+        *common,
+        "--proxy",
+        str(proxies[2]),
+        "--out",
+        str(tmp / "ded2"),
+    )
+    assert r.returncode == 2 and "--train-images" in r.stderr
