@@ -290,8 +290,8 @@ def fig_random(runs: list[Run], path: Path) -> bool:
 
 
 # --- summary ---------------------------------------------------------------------------------
-def fmt(v: float, spec: str = "+.2f") -> str:
-    return "–" if v is None or not np.isfinite(v) else format(v, spec)
+def fmt(v: float, spec: str = "+.2f", unit: str = "") -> str:
+    return "–" if v is None or not np.isfinite(v) else format(v, spec) + unit
 
 
 def summary_rows(run: Run) -> list[str]:
@@ -317,7 +317,8 @@ def summary_rows(run: Run) -> list[str]:
         out.append(
             f"| `{r['order']}` | {r['stages']} | {r['source']} | {fmt(r['proxy_bits_per_latent'], '.4f')} | "
             f"{fmt(r['dedicated_bits_per_latent'], '.4f')} | {fmt(r['bpp'], '.4f')} | "
-            f"{fmt(r['gain_vs_checkerboard_pct'])}% | {fmt(r['gain_vs_autoregressive_pct'])}% |"
+            f"{fmt(r['gain_vs_checkerboard_pct'], '+.2f', '%')} | "
+            f"{fmt(r['gain_vs_autoregressive_pct'], '+.2f', '%')} |"
         )
     rc = run.manifest.get("rank_correlation", {})
     if "spearman" in rc:
