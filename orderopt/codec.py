@@ -417,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(enc.stream)} bytes, {8 * len(enc.stream) / npix:.4f} bpp: coded ẑ and ŷ "
             f"{payload_bits / npix:.4f} bpp against {enc.estimated_bits / npix:.4f} bpp from the "
             "likelihoods "
-            f"({100 * (payload_bits / enc.estimated_bits - 1):+.2f}%), container header {header_bytes} bytes; "
+            f"({100 * (payload_bits / enc.estimated_bits - 1):+.2f}%), "
+            f"container header {header_bytes} bytes; "
             f"{enc.seconds:.2f} s -> {args.out}"
         )
         return 0
