@@ -43,12 +43,12 @@ from .context import AnyOrderContext, AutoregressiveContext, ContextModel, Multi
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .evaluate import to_uint8
 from .fit import load_context
-from .model import SCALE_MIN, HyperpriorCodec, load_model
+from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_model
 
 MAGIC, VERSION = b"OOPT", 1
 _PREFIX = struct.Struct("<4sBI")
 _SIZES = struct.Struct("<III")
-WEIGHTS = Path(__file__).parent / "weights"
+WEIGHTS = SHIPPED.parent  # the shipped weights folder
 
 
 # --- stage schedules -------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def encode(
             means.reshape(-1).double().numpy(),
             stds.reshape(-1).double().numpy(),
         )
-        estimated += float(_gauss_bits(symbols, means, stds))
+        estimated += float(gaussian_bits(symbols, means, stds).sum())
         schedule.put(partial, t, symbols)
     y_words = coder.get_compressed()
     header = {
@@ -242,12 +242,6 @@ def encode(
     }
     est_z = float(-np.log2(probs[np.arange(zs.shape[0])[:, None], (zs - zlo).long().numpy()]).sum())
     return Encoded(pack(header, z_words, y_words), y_hat[0], estimated + est_z, time.perf_counter() - t0)
-
-
-def _gauss_bits(symbols, means, stds) -> torch.Tensor:
-    from .model import gaussian_bits
-
-    return gaussian_bits(symbols, means, stds).sum()
 
 
 def pack(header: dict, z_words: np.ndarray, y_words: np.ndarray) -> bytes:

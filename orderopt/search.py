@@ -41,9 +41,9 @@ from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write, write_json
 from .fit import FitConfig, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
-from .model import load_model
+from .model import SHIPPED, load_model
 
-WEIGHTS = Path(__file__).parent / "weights"
+WEIGHTS = SHIPPED.parent  # the shipped weights folder
 STRATEGIES = ("auto", "exhaustive", "dp", "greedy", "optuna")
 COLUMNS = [
     "rank",
