@@ -24,15 +24,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from . import data, strategies
 from . import orders as od
@@ -101,11 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify",
         type=int,
         default=0,
-        help="train dedicated models for the N best candidates, the paper's order and every baseline",
+        help="train dedicated models for the N best candidates, the published orders, the worst "
+        "candidate and every baseline, and rank-correlate their rates with the proxy",
     )
     p.add_argument("--train-images", help="training image folder for --verify / dedicated objective")
     p.add_argument("--train-latents", help="training latent file instead of --train-images")
     p.add_argument("--verify-steps", type=int, default=2000, help="training steps of each dedicated model")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="dedicated models trained at once, one process and CPU thread each",
+    )
+    p.add_argument(
+        "--dedicated-dir",
+        help="folder of dedicated models and results, shareable between runs (default: RUN_DIR/dedicated)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna, random orders and dedicated training")
     p.add_argument("--device", default="auto", help="torch device for the cost table: auto, cpu, cuda")
     p.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")
@@ -230,20 +245,21 @@ def run_strategy(
     return found, info
 
 
-def training_latents(args) -> LatentSet:
+def training_latents(args) -> tuple[LatentSet, Path]:
+    """The training latents of dedicated models, and the file they are in."""
     if args.train_latents:
-        return load_latents(args.train_latents)
+        return load_latents(args.train_latents), Path(args.train_latents)
     if not args.train_images:
         raise UserError(
             "--verify and --objective dedicated need --train-images DIR (or --train-latents FILE)"
         )
     model, meta = load_model(args.model)
-    return cached_latents(model, meta["hash"], data.load_images(args.train_images), args.cache_dir)[0]
+    return cached_latents(model, meta["hash"], data.load_images(args.train_images), args.cache_dir)
 
 
 def dedicated_objective(args, lat: LatentSet):
     """Held-out bits of a dedicated model trained for the order (--verify-steps steps each)."""
-    train = training_latents(args)
+    train = training_latents(args)[0]
     cfg = FitConfig(steps=args.verify_steps, seed=args.seed)
     return lambda order: dedicated_rate(order, train, lat, cfg, progress=False)["bits"]
 
@@ -415,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     table.fill(sorted(needed), progress=True)  # one batched pass for every order still to score
     table.save(costs_path)
-    dedicated = verify(args, found, table, lat, out) if args.verify else {}
+    held_out_path = str(args.latents or inputs["latent_cache"])
+    dedicated = verify(args, found, table, lat, held_out_path, out) if args.verify else {}
     ded_ar = shipped_autoregressive(lat)
     if ded_ar is not None and "autoregressive" not in dedicated:
         dedicated["autoregressive"] = ded_ar
@@ -446,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "strategy": info,
         "rank_correlation": correlations,
+        "dedicated": {
+            name: {k: rec[k] for k in ("bits_per_latent", "bpp", "images", "config", "train_s") if k in rec}
+            for name, rec in dedicated.items()
+        },
         "command": " ".join(["python -m orderopt.search", *(argv or sys.argv[1:])]),
     }
     write_json(manifest, manifest_path)
@@ -481,14 +502,15 @@ def shipped_autoregressive(lat: LatentSet) -> dict | None:
     return measure(model, lat)
 
 
-def verify(args, found: dict, table: CostTable, lat: LatentSet, out: Path) -> dict[str, dict]:
-    """Dedicated models for the best candidates, the paper's order and the baselines, one budget."""
-    train = training_latents(args)
-    cfg = FitConfig(steps=args.verify_steps, seed=args.seed)
-    ranked = sorted(found, key=table.rate)[: args.verify]
-    specs: dict[str, od.DecodingOrder | str] = {str(o): o for o in ranked}
-    if args.patch in (2, 4):
-        specs[str(od.paper_order(args.patch))] = od.paper_order(args.patch)
+def verify_specs(k: int, found: dict, table: CostTable, n_best: int) -> dict[str, od.DecodingOrder | str]:
+    """What ``--verify N`` trains: the N best candidates by proxy rate, every published order,
+    the worst candidate (so that the verified rates span the range the proxy predicts) and the
+    baselines hyperprior-only, checkerboard and autoregressive."""
+    ranked = sorted(found, key=table.rate)
+    specs: dict[str, od.DecodingOrder | str] = {str(o): o for o in ranked[:n_best]}
+    specs.update({str(o): o for o in od.published_orders(k).values()})
+    if ranked:
+        specs.setdefault(str(ranked[-1]), ranked[-1])
     specs.update(
         {
             "hyperprior": od.hyperprior_only(),
@@ -496,16 +518,87 @@ def verify(args, found: dict, table: CostTable, lat: LatentSet, out: Path) -> di
             "autoregressive": "autoregressive",
         }
     )
-    results = {}
-    for name, spec in specs.items():
-        safe = name.replace(",", "-").replace(";", "_")
-        res_path = out / "dedicated" / f"{safe}.json"
-        if res_path.is_file():
-            results[name] = json.loads(res_path.read_text())
-            continue
-        res = dedicated_rate(spec, train, lat, cfg, checkpoint=out / "dedicated" / f"{safe}.pt")
-        write_json(res, res_path)
-        results[name] = res
+    return specs
+
+
+def dedicated_identity(spec_name: str, cfg: FitConfig, train: LatentSet, held_out: LatentSet) -> dict:
+    """What a dedicated result depends on; a stored result is reused only when all of it matches."""
+    return {
+        "spec": spec_name,
+        "config": asdict(cfg),
+        "model_hash": train.model_hash,
+        "train_images_hash": train.images_hash,
+        "held_out_images_hash": held_out.images_hash,
+    }
+
+
+def _file_stem(name: str) -> str:
+    return name.replace(",", "-").replace(";", "_")
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(train_path: str, held_out_path: str) -> None:
+    torch.set_num_threads(1)  # one core per worker: J workers use J cores without oversubscription
+    _WORKER["train"] = load_latents(train_path)
+    _WORKER["held_out"] = load_latents(held_out_path)
+
+
+def _worker_train(name: str, cfg: FitConfig, folder: str) -> tuple[str, dict]:
+    return name, _train_dedicated(name, _WORKER["train"], _WORKER["held_out"], cfg, Path(folder), False)
+
+
+def _train_dedicated(
+    name: str, train: LatentSet, held_out: LatentSet, cfg: FitConfig, folder: Path, progress: bool
+) -> dict:
+    named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
+    spec = named[name] if name in named else od.DecodingOrder.parse(name)
+    stem = _file_stem(name)
+    t0 = time.time()
+    res = dedicated_rate(spec, train, held_out, cfg, checkpoint=folder / f"{stem}.pt", progress=progress)
+    record = {**dedicated_identity(name, cfg, train, held_out), **res, "train_s": round(time.time() - t0, 1)}
+    write_json(record, folder / f"{stem}.json")
+    return record
+
+
+def verify(
+    args, found: dict, table: CostTable, lat: LatentSet, held_out_path: str, out: Path
+) -> dict[str, dict]:
+    """Dedicated models for :func:`verify_specs`, all under one budget (``--verify-steps``,
+    ``--seed``), ``--jobs`` at a time. Each model and result is saved as it finishes, in
+    ``--dedicated-dir`` (default RUN_DIR/dedicated), so a re-run resumes and runs with the same
+    training set and budget (patch 2 and patch 4, say) share their baselines."""
+    train, train_path = training_latents(args)
+    cfg = FitConfig(steps=args.verify_steps, seed=args.seed)
+    folder = Path(args.dedicated_dir or out / "dedicated")
+    folder.mkdir(parents=True, exist_ok=True)
+    results, todo = {}, []
+    for name in verify_specs(args.patch, found, table, args.verify):
+        path = folder / f"{_file_stem(name)}.json"
+        if path.is_file():
+            rec = json.loads(path.read_text())
+            if all(rec.get(k) == v for k, v in dedicated_identity(name, cfg, train, lat).items()):
+                results[name] = rec
+                continue
+        todo.append(name)
+    if todo:
+        print(
+            f"training {len(todo)} dedicated models ({cfg.steps} steps each, "
+            f"{args.jobs} at a time) in {folder}"
+        )
+    if args.jobs > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=ctx, initializer=_worker_init, initargs=(str(train_path), held_out_path)
+        ) as pool:
+            futures = [pool.submit(_worker_train, name, cfg, str(folder)) for name in todo]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="dedicated", unit="model"):
+                name, rec = fut.result()
+                results[name] = rec
+    else:
+        for name in todo:
+            results[name] = _train_dedicated(name, train, lat, cfg, folder, progress=True)
     return results
 
 

@@ -166,13 +166,30 @@ def test_verify_trains_dedicated_models(setup, image_dir):
                 str(image_dir),
                 "--verify-steps",
                 "2",
+                "--jobs",
+                "2",
+                "--dedicated-dir",
+                str(tmp / "shared"),
             ]
         )
         == 0
     )
     df = pd.read_csv(out / "candidates.csv")
     have = df.dropna(subset=["dedicated_bits_per_latent"])
-    assert {"hyperprior", "checkerboard", "autoregressive", "0,1;2,3"} <= set(have["order"])
+    published = {"0,1;2,3", "0,2;3,1"}  # raster = paper, TinyLIC
+    assert {"hyperprior", "checkerboard", "autoregressive", *published} <= set(have["order"])
+    ranked = df[~df["source"].isin(["baseline"])].sort_values("proxy_bits_per_latent")["order"]
+    assert {*ranked.iloc[:2], ranked.iloc[-1]} <= set(have["order"])  # 2 best and the worst
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp / "shared").glob("*.json")}
+    assert records["checkerboard"]["config"]["steps"] == 2 and records["checkerboard"]["train_s"] >= 0
+    # a second run with the same training set and budget reuses the shared models
+    mtimes = {p: p.stat().st_mtime for p in (tmp / "shared").glob("*.json")}
+    search.main(
+        ["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(tmp / "again")]
+        + ["--verify", "1", "--train-images", str(image_dir), "--verify-steps", "2"]
+        + ["--dedicated-dir", str(tmp / "shared")]
+    )
+    assert all(p.stat().st_mtime == t for p, t in mtimes.items())
     assert len(have) >= 5 and (have["gain_basis"] == "dedicated").all()
     rc = json.loads((out / "manifest.json").read_text())["rank_correlation"]
     assert rc["n"] == len(df.dropna(subset=["dedicated_bits_per_latent", "proxy_bits_per_latent"]))
