@@ -9,7 +9,8 @@ the first run directory (or ``--out``): ``report.md`` and the PNG figures it emb
 - ``stages.png``: bits spent at each stage by the best order and by raster;
 - ``proxy_vs_dedicated.png``: proxy against dedicated rates with rank correlations;
 - ``tradeoff.png``: rate against serial decoding stages (the rate/latency trade-off);
-- ``random.png`` (k ≥ 3): the distribution of the rates of random orders.
+- ``random.png`` (k ≥ 3): the distribution of the rates of random orders;
+- ``decode_time.png`` (with ``--decode-time``): rate against measured ŷ decoding time.
 """
 
 from __future__ import annotations
@@ -289,6 +290,70 @@ def fig_random(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def load_decode_time(path: str | Path, runs: list[Run]) -> dict:
+    """The decoding-time benchmark of ``experiments/bench_decode.py``, checked against the runs."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+        medians = {k: float(v["latent_s"]) for k, v in d["median_over_images"].items()}
+    except FileNotFoundError:
+        raise UserError(
+            f"decode-time file {path} does not exist: run `python experiments/bench_decode.py`"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{path} is not a decoding-time file of `python experiments/bench_decode.py`"
+        ) from None
+    hashes = {r.manifest.get("model_hash") for r in runs}
+    if d.get("model_hash") not in hashes:
+        raise UserError(
+            f"{path} timed model {d.get('model_hash')}, the runs are of {sorted(map(str, hashes))}: "
+            "time the same model"
+        )
+    return {**d, "latent_s": medians}
+
+
+def decode_time_points(runs: list[Run], timing: dict) -> list[tuple[float, float, str, str]]:
+    """(ŷ decoding ms, bpp, label, kind) for each timed schedule; the best order of a run is
+    drawn at the time of the paper's order with the same patch (same stages, same network)."""
+    first, pts = runs[0], []
+    for name, sec in timing["latent_s"].items():
+        ms = 1000 * sec
+        if name in BASELINES:
+            pts.append((ms, float(first.baseline(name)["bpp"]), name, "baseline"))
+            continue
+        for run in runs:
+            if name != f"paper {run.patch}x{run.patch}":
+                continue
+            paper = run.df[run.df["order"] == run.paper()]
+            if len(paper):
+                pts.append((ms, float(paper["bpp"].iloc[0]), f"paper {run.patch}×{run.patch}", "paper"))
+            best = run.orders.assign(rate=rate_column(run.orders)).sort_values("rate").iloc[0]
+            pts.append((ms, float(best["bpp"]), f"best {run.patch}×{run.patch}", "best"))
+    return [p for p in pts if np.isfinite(p[1])]
+
+
+def fig_decode_time(runs: list[Run], timing: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"baseline": ("o", "tab:gray"), "paper": ("s", "tab:red"), "best": ("*", "tab:green")}
+    seen = set()
+    for ms, bpp, label, kind in decode_time_points(runs, timing):
+        marker, color = styles[kind]
+        legend = {"baseline": "baselines", "paper": "paper's order", "best": "best order found"}[kind]
+        ax.plot(ms, bpp, marker, color=color, ms=9, label=None if kind in seen else legend)
+        seen.add(kind)
+        ax.annotate(
+            label, (ms, bpp), fontsize=7, xytext=(5, 4 if kind != "best" else -10), textcoords="offset points"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("ŷ decoding time (ms, median over images, log scale)")
+    ax.set_ylabel("rate (bits per pixel, ŷ and ẑ)")
+    ax.set_title(f"Rate against decoding time ({timing.get('device', '?')})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    save_figure(fig, path)
+
+
 # --- summary ---------------------------------------------------------------------------------
 def fmt(v: float, spec: str = "+.2f", unit: str = "") -> str:
     return "–" if v is None or not np.isfinite(v) else format(v, spec) + unit
@@ -345,12 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("runs", nargs="*", help="run directories (default: the latest finished run under runs/)")
     p.add_argument("--out", help="folder for report.md and figures (default: the first run directory)")
+    p.add_argument(
+        "--decode-time",
+        help="decode_time.json of experiments/bench_decode.py: adds rate against measured decoding "
+        "time (default: none)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runs = [Run(p) for p in (args.runs or [latest_run()])]
+    timing = load_decode_time(args.decode_time, runs) if args.decode_time else None
     out = Path(args.out) if args.out else runs[0].path
     out.mkdir(parents=True, exist_ok=True)
     fig_gains(runs, out / "gains.png")
@@ -367,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(("Proxy against dedicated", "proxy_vs_dedicated.png"))
     if fig_random(runs, out / "random.png"):
         figures.append(("Random orders", "random.png"))
+    if timing is not None:
+        fig_decode_time(runs, timing, out / "decode_time.png")
+        figures.insert(1, ("Rate against measured decoding time", "decode_time.png"))
     lines = [
         "# orderopt report",
         "",

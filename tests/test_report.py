@@ -40,6 +40,34 @@ def test_report_of_two_runs(setup, tmp_path):  # noqa: F811
         assert (a / fig).stat().st_size > 5000 and f"({fig})" in md
     assert "0,1;2,3" in md and "checkerboard" in md and "p3 (3×3" in md
 
+    # rate against decoding time, from a file in the schema of experiments/bench_decode.py
+    model_hash = json.loads((a / "manifest.json").read_text())["model_hash"]
+    names = ["hyperprior", "checkerboard", "paper 2x2", "paper 4x4", "autoregressive"]
+    timing = {"model_hash": model_hash, "device": "cpu", "median_over_images": {}}
+    for i, name in enumerate(names):
+        timing["median_over_images"][name] = {"latent_s": 0.01 * (i + 1)}
+    (tmp_path / "t.json").write_text(json.dumps(timing))
+    assert (
+        report.main([str(a), str(b), "--decode-time", str(tmp_path / "t.json"), "--out", str(tmp_path / "r")])
+        == 0
+    )
+    assert (tmp_path / "r" / "decode_time.png").stat().st_size > 5000
+    assert "(decode_time.png)" in (tmp_path / "r" / "report.md").read_text()
+    labels = [
+        p[2]
+        for p in report.decode_time_points(
+            [report.Run(a), report.Run(b)], report.load_decode_time(tmp_path / "t.json", [report.Run(a)])
+        )
+    ]
+    assert {"hyperprior", "checkerboard", "paper 2×2", "best 2×2"} <= set(labels)  # no 4x4 run: no 4x4 point
+    assert "paper 4×4" not in labels
+    timing["model_hash"] = "other"
+    (tmp_path / "t.json").write_text(json.dumps(timing))
+    r = run(str(a), "--decode-time", str(tmp_path / "t.json"))
+    assert r.returncode == 2 and "time the same model" in r.stderr
+    r = run(str(a), "--decode-time", str(tmp_path / "none.json"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
 
 def test_report_errors(tmp_path):
     r = run(str(tmp_path / "missing"))
