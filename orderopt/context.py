@@ -257,3 +257,56 @@ class AnyOrderContext(ContextModel):
             lin = F.conv2d(x, w_nobias[:, : x.shape[1]], None, padding=self.kernel_size // 2)
             parts.append(F.conv2d(lin, e.ctx_in.weight))
         return base, torch.stack(parts)
+
+
+@torch.no_grad()
+def init_from_proxy(model: MultistageContext | AutoregressiveContext, proxy: AnyOrderContext) -> None:
+    """Start a dedicated model from the proxy's weights restricted to its masks.
+
+    The proxy's convolution is linear in [ŷ ⊙ 1_S, 1_S, one-hot position]. For a multistage
+    order whose patch divides the proxy's, 1_S around a latent at position q is exactly q's
+    kernel mask, so the ŷ weights carry over under the mask and the 1_S and position terms fold
+    into q's bias: away from the image borders the initialised model equals the proxy
+    evaluated along the order (position terms are averaged where the proxy's patch is larger).
+    The autoregressive model gets the same with its raster mask, averaged over positions. The
+    entropy-parameter network is copied. Fine-tuning from here converges in far fewer steps
+    than from scratch, and models of different orders share one starting point.
+    """
+    kp, ks = proxy.patch, proxy.kernel_size
+    m = proxy.conv.in_channels - 1 - kp * kp
+    w = proxy.conv.weight  # (2M, M + 1 + kp², K, K)
+    w_y, w_mask, w_pos = w[:, :m], w[:, m], w[:, m + 1 :]
+    half = ks // 2
+    offsets = torch.arange(ks) - half
+
+    def position_term(r: int, c: int) -> torch.Tensor:
+        """Σ over taps of the one-hot weights, for a latent at proxy position (r, c)."""
+        rows = (r + offsets) % kp
+        cols = (c + offsets) % kp
+        q = rows[:, None] * kp + cols[None, :]  # (K, K) proxy position of every tap
+        return torch.gather(w_pos, 1, q.expand(w.shape[0], 1, ks, ks)).sum(dim=(1, 2, 3))
+
+    if model.kernel_size != ks:
+        raise ValueError("the proxy and the dedicated model have different kernel sizes")
+    if isinstance(model, MultistageContext):
+        ko = model.order.patch
+        if kp % ko:
+            raise ValueError(f"a {kp}×{kp} proxy cannot initialise a {ko}×{ko} order")
+        for q in range(ko * ko):
+            r, c = divmod(q, ko)
+            mask = model.mask[q, 0, 0]
+            model.weight[q] = w_y * mask
+            pos = torch.stack(
+                [position_term(rr, cc) for rr in range(r, kp, ko) for cc in range(c, kp, ko)]
+            ).mean(0)
+            model.bias[q] = proxy.conv.bias + (w_mask * mask).sum(dim=(1, 2)) + pos
+    elif isinstance(model, AutoregressiveContext):
+        mask = model.mask[0, 0]
+        model.conv.weight.copy_(w_y * mask)
+        pos = torch.stack([position_term(r, c) for r in range(kp) for c in range(kp)]).mean(0)
+        model.conv.bias.copy_(proxy.conv.bias + (w_mask * mask).sum(dim=(1, 2)) + pos)
+    else:
+        raise ValueError(f"cannot initialise a {type(model).__name__} from a proxy")
+    model.entropy.load_state_dict(proxy.entropy.state_dict())
+    if isinstance(model, MultistageContext):
+        model._masked_cache = None

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .context import AnyOrderContext
+from .context import AnyOrderContext, init_from_proxy
 from .files import atomic_write
 from .latents import LatentSet
 from .model import gaussian_bits
@@ -233,12 +233,14 @@ def dedicated_rate(
     config,
     checkpoint: Path | None = None,
     progress: bool = True,
+    init: AnyOrderContext | None = None,
 ) -> dict:
     """Train the dedicated context model of ``spec`` (an order, or ``"autoregressive"``) on
     ``train`` with ``config`` (a :class:`~orderopt.fit.FitConfig`) and measure ``held_out``.
 
     Returns :func:`orderopt.fit.measure`'s dict. With ``checkpoint`` the training resumes and
-    the trained model is kept there.
+    the trained model is kept there. With ``init`` (a proxy) training starts from the proxy's
+    weights (:func:`orderopt.context.init_from_proxy`) instead of a random initialisation.
     """
     from .fit import build_context, fit_context, measure
 
@@ -253,5 +255,7 @@ def dedicated_rate(
     else:
         raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
+    if init is not None:
+        init_from_proxy(model, init)
     fit_context(model, train, config, checkpoint=checkpoint, meta=meta, progress=progress, desc=str(spec))
     return measure(model, held_out)

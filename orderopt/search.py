@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-latents", help="training latent file instead of --train-images")
     p.add_argument("--verify-steps", type=int, default=2000, help="training steps of each dedicated model")
     p.add_argument(
+        "--verify-init",
+        choices=["scratch", "proxy"],
+        default="scratch",
+        help="start dedicated models from random weights, or from the proxy's weights restricted to "
+        "their masks (converges faster, less noise between orders)",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -357,6 +364,7 @@ def settings_key(args) -> str:
         "random",
         "verify",
         "verify_steps",
+        "verify_init",
         "seed",
         "train_images",
         "train_latents",
@@ -521,10 +529,14 @@ def verify_specs(k: int, found: dict, table: CostTable, n_best: int) -> dict[str
     return specs
 
 
-def dedicated_identity(spec_name: str, cfg: FitConfig, train: LatentSet, held_out: LatentSet) -> dict:
-    """What a dedicated result depends on; a stored result is reused only when all of it matches."""
+def dedicated_identity(
+    spec_name: str, cfg: FitConfig, train: LatentSet, held_out: LatentSet, init: str = "scratch"
+) -> dict:
+    """What a dedicated result depends on; a stored result is reused only when all of it matches.
+    ``init`` is ``scratch`` or ``proxy:<proxy hash>``."""
     return {
         "spec": spec_name,
+        "init": init,
         "config": asdict(cfg),
         "model_hash": train.model_hash,
         "train_images_hash": train.images_hash,
@@ -536,28 +548,42 @@ def _file_stem(name: str) -> str:
     return name.replace(",", "-").replace(";", "_")
 
 
+def init_label(proxy: tuple | None) -> str:
+    return f"proxy:{proxy[1]['hash']}" if proxy else "scratch"
+
+
 _WORKER: dict = {}
 
 
-def _worker_init(train_path: str, held_out_path: str) -> None:
+def _worker_init(train_path: str, held_out_path: str, proxy_path: str | None) -> None:
     torch.set_num_threads(1)  # one core per worker: J workers use J cores without oversubscription
     _WORKER["train"] = load_latents(train_path)
     _WORKER["held_out"] = load_latents(held_out_path)
+    _WORKER["proxy"] = load_context(proxy_path) if proxy_path else None
 
 
 def _worker_train(name: str, cfg: FitConfig, folder: str) -> tuple[str, dict]:
-    return name, _train_dedicated(name, _WORKER["train"], _WORKER["held_out"], cfg, Path(folder), False)
+    w = _WORKER
+    return name, _train_dedicated(name, w["train"], w["held_out"], cfg, Path(folder), False, w["proxy"])
 
 
 def _train_dedicated(
-    name: str, train: LatentSet, held_out: LatentSet, cfg: FitConfig, folder: Path, progress: bool
+    name: str,
+    train: LatentSet,
+    held_out: LatentSet,
+    cfg: FitConfig,
+    folder: Path,
+    progress: bool,
+    proxy: tuple | None = None,
 ) -> dict:
     named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
     spec = named[name] if name in named else od.DecodingOrder.parse(name)
     stem = _file_stem(name)
     t0 = time.time()
-    res = dedicated_rate(spec, train, held_out, cfg, checkpoint=folder / f"{stem}.pt", progress=progress)
-    record = {**dedicated_identity(name, cfg, train, held_out), **res, "train_s": round(time.time() - t0, 1)}
+    init = proxy[0] if proxy else None
+    res = dedicated_rate(spec, train, held_out, cfg, folder / f"{stem}.pt", progress, init=init)
+    identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy))
+    record = {**identity, **res, "train_s": round(time.time() - t0, 1)}
     write_json(record, folder / f"{stem}.json")
     return record
 
@@ -573,12 +599,20 @@ def verify(
     cfg = FitConfig(steps=args.verify_steps, seed=args.seed)
     folder = Path(args.dedicated_dir or out / "dedicated")
     folder.mkdir(parents=True, exist_ok=True)
+    proxy_path = (
+        str(args.proxy or WEIGHTS / f"proxy_k{args.patch}.pt") if args.verify_init == "proxy" else None
+    )
+    proxy = load_context(proxy_path) if proxy_path else None
     results, todo = {}, []
     for name in verify_specs(args.patch, found, table, args.verify):
         path = folder / f"{_file_stem(name)}.json"
         if path.is_file():
             rec = json.loads(path.read_text())
-            if all(rec.get(k) == v for k, v in dedicated_identity(name, cfg, train, lat).items()):
+            rec.setdefault("init", "scratch")  # records written before --verify-init
+            if all(
+                rec.get(k) == v
+                for k, v in dedicated_identity(name, cfg, train, lat, init_label(proxy)).items()
+            ):
                 results[name] = rec
                 continue
         todo.append(name)
@@ -590,7 +624,10 @@ def verify(
     if args.jobs > 1 and len(todo) > 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            args.jobs, mp_context=ctx, initializer=_worker_init, initargs=(str(train_path), held_out_path)
+            args.jobs,
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(str(train_path), held_out_path, proxy_path),
         ) as pool:
             futures = [pool.submit(_worker_train, name, cfg, str(folder)) for name in todo]
             for fut in tqdm(as_completed(futures), total=len(futures), desc="dedicated", unit="model"):
@@ -598,7 +635,7 @@ def verify(
                 results[name] = rec
     else:
         for name in todo:
-            results[name] = _train_dedicated(name, train, lat, cfg, folder, progress=True)
+            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy)
     return results
 
 

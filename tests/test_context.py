@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from orderopt import orders as o
-from orderopt.context import AnyOrderContext, AutoregressiveContext, MultistageContext, subset_mask
+from orderopt.context import (
+    AnyOrderContext,
+    AutoregressiveContext,
+    MultistageContext,
+    init_from_proxy,
+    subset_mask,
+)
 
 M, CH = 3, 6
 
@@ -128,3 +134,39 @@ def test_masked_weight_cache_follows_weight_changes():
         second = model.context(y)
         torch.testing.assert_close(second, model.context_naive(y))
     assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("order", [o.random_order(2, 3), o.checkerboard(), o.paper_order(4)], ids=str)
+def test_init_from_proxy_equals_proxy_along_the_order(order):
+    """Away from the borders, a dedicated model started from the proxy predicts exactly what the
+    proxy predicts for each latent given the set decoded before its stage."""
+    k = order.patch
+    proxy = randomize(AnyOrderContext(k, M, CH))
+    model = MultistageContext(order, M, CH)
+    init_from_proxy(model, proxy)
+    torch.manual_seed(0)
+    y, h = torch.randn(1, M, 12, 12).round(), torch.randn(1, CH, 12, 12)
+    with torch.no_grad():
+        means, scales = model(y, h)
+        stages = np.array(order.stages)
+        for r in range(k):
+            for c in range(k):
+                subset = int(sum(1 << int(p) for p in np.flatnonzero(stages.ravel() < stages[r, c])))
+                pm, ps = proxy(y, h, subset)
+                inner = (slice(None), slice(None), slice(4 + r, 8, k), slice(4 + c, 8, k))
+                torch.testing.assert_close(means[inner], pm[inner], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(scales[inner], ps[inner], atol=1e-4, rtol=1e-4)
+
+
+def test_init_from_proxy_other_shapes():
+    proxy = randomize(AnyOrderContext(4, M, CH))
+    y, h = torch.randn(1, M, 8, 8), torch.randn(1, CH, 8, 8)
+    for model in (MultistageContext(o.checkerboard(), M, CH), MultistageContext(o.hyperprior_only(), M, CH)):
+        init_from_proxy(model, proxy)  # a 2×2 and a 1×1 order tile the 4×4 patch
+        assert torch.isfinite(model(y, h)[0]).all()
+        torch.testing.assert_close(model.weight[0], proxy.conv.weight[:, :M] * model.mask[0, 0])
+    ar = AutoregressiveContext(M, CH)
+    init_from_proxy(ar, proxy)
+    assert torch.isfinite(ar(y, h)[1]).all()
+    with pytest.raises(ValueError, match="cannot initialise a 3×3"):
+        init_from_proxy(MultistageContext(o.random_order(3, 0), M, CH), proxy)

@@ -190,6 +190,14 @@ def test_verify_trains_dedicated_models(setup, image_dir):
         + ["--dedicated-dir", str(tmp / "shared")]
     )
     assert all(p.stat().st_mtime == t for p, t in mtimes.items())
+    # started from the proxy: every model, the baselines included, records where it started
+    search.main(
+        ["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(tmp / "warm")]
+        + ["--verify", "1", "--train-images", str(image_dir), "--verify-steps", "2"]
+        + ["--verify-init", "proxy", "--dedicated-dir", str(tmp / "warm-models")]
+    )
+    inits = {json.loads(p.read_text())["init"] for p in (tmp / "warm-models").glob("*.json")}
+    assert len(inits) == 1 and inits.pop().startswith("proxy:")
     assert len(have) >= 5 and (have["gain_basis"] == "dedicated").all()
     rc = json.loads((out / "manifest.json").read_text())["rank_correlation"]
     assert rc["n"] == len(df.dropna(subset=["dedicated_bits_per_latent", "proxy_bits_per_latent"]))
