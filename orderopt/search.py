@@ -581,8 +581,13 @@ def _train_dedicated(
     stem = _file_stem(name)
     t0 = time.time()
     init = proxy[0] if proxy else None
-    res = dedicated_rate(spec, train, held_out, cfg, folder / f"{stem}.pt", progress, init=init)
     identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy))
+    ckpt = folder / f"{stem}.pt"
+    stamp = folder / f"{stem}.identity.json"  # what the checkpoint was started for
+    if ckpt.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) != identity):
+        ckpt.unlink()  # another training set, proxy or budget: never resume from it
+    write_json(identity, stamp)
+    res = dedicated_rate(spec, train, held_out, cfg, ckpt, progress, init=init)
     record = {**identity, **res, "train_s": round(time.time() - t0, 1)}
     write_json(record, folder / f"{stem}.json")
     return record
