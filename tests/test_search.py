@@ -202,6 +202,12 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     rc = json.loads((out / "manifest.json").read_text())["rank_correlation"]
     assert rc["n"] == len(df.dropna(subset=["dedicated_bits_per_latent", "proxy_bits_per_latent"]))
     assert -1 <= rc["spearman"] <= 1 and -1 <= rc["kendall"] <= 1
+    assert rc["orders_only"]["n"] == rc["n"] - 2  # without hyperprior and checkerboard
+    from orderopt import report
+
+    assert report.main([str(out)]) == 0
+    assert (out / "proxy_vs_dedicated.png").stat().st_size > 5000
+    assert "trained from scratch, 2 steps each" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
