@@ -240,7 +240,8 @@ def dedicated_rate(
 
     Returns :func:`orderopt.fit.measure`'s dict. With ``checkpoint`` the training resumes and
     the trained model is kept there. With ``init`` (a proxy) training starts from the proxy's
-    weights (:func:`orderopt.context.init_from_proxy`) instead of a random initialisation.
+    weights (:func:`orderopt.context.init_from_proxy`) instead of a random initialisation, and
+    the result also has ``start_bits_per_latent``, the held-out rate before training.
     """
     from .fit import build_context, fit_context, measure
 
@@ -255,7 +256,10 @@ def dedicated_rate(
     else:
         raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
+    start = None
     if init is not None:
         init_from_proxy(model, init)
+        start = measure(model, held_out)["bits_per_latent"]
     fit_context(model, train, config, checkpoint=checkpoint, meta=meta, progress=progress, desc=str(spec))
-    return measure(model, held_out)
+    out = measure(model, held_out)
+    return out if start is None else {**out, "start_bits_per_latent": start}

@@ -493,7 +493,19 @@ def main(argv: list[str] | None = None) -> int:
         "strategy": info,
         "rank_correlation": correlations,
         "dedicated": {
-            name: {k: rec[k] for k in ("bits_per_latent", "bpp", "images", "config", "train_s") if k in rec}
+            name: {
+                k: rec[k]
+                for k in (
+                    "bits_per_latent",
+                    "start_bits_per_latent",
+                    "bpp",
+                    "images",
+                    "config",
+                    "train_s",
+                    "init",
+                )
+                if k in rec
+            }
             for name, rec in dedicated.items()
         },
         "command": " ".join(["python -m orderopt.search", *(argv or sys.argv[1:])]),
