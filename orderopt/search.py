@@ -577,8 +577,11 @@ def dedicated_identity(
     }
 
 
-def _file_stem(name: str) -> str:
-    return name.replace(",", "-").replace(";", "_")
+def _file_stem(name: str, init: str = "scratch") -> str:
+    """File name of a dedicated model: the order (or baseline), tagged with the proxy it starts
+    from, so that runs with different proxies can share one folder."""
+    stem = name.replace(",", "-").replace(";", "_")
+    return stem if init == "scratch" else f"{stem}.{init.replace(':', '-')}"
 
 
 def init_label(proxy: tuple | None) -> str:
@@ -611,7 +614,7 @@ def _train_dedicated(
 ) -> dict:
     named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
     spec = named[name] if name in named else od.DecodingOrder.parse(name)
-    stem = _file_stem(name)
+    stem = _file_stem(name, init_label(proxy))
     t0 = time.time()
     init = proxy[0] if proxy else None
     identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy))
@@ -643,7 +646,7 @@ def verify(
     proxy = load_context(proxy_path) if proxy_path else None
     results, todo = {}, []
     for name in verify_specs(args.patch, found, table, args.verify):
-        path = folder / f"{_file_stem(name)}.json"
+        path = folder / f"{_file_stem(name, init_label(proxy))}.json"
         if path.is_file():
             rec = json.loads(path.read_text())
             rec.setdefault("init", "scratch")  # records written before --verify-init

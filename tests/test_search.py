@@ -197,7 +197,8 @@ def test_verify_trains_dedicated_models(setup, image_dir):
         + ["--verify-init", "proxy", "--dedicated-dir", str(tmp / "warm-models")]
     )
     inits = {json.loads(p.read_text())["init"] for p in (tmp / "warm-models").glob("*.json")}
-    start = json.loads((tmp / "warm-models" / "checkerboard.json").read_text())["start_bits_per_latent"]
+    (cb,) = [p for p in (tmp / "warm-models").glob("checkerboard.proxy-*.json") if "identity" not in p.name]
+    start = json.loads(cb.read_text())["start_bits_per_latent"]
     assert 0 < start < 10
     assert len(inits) == 1 and inits.pop().startswith("proxy:")
     assert len(have) >= 5 and (have["gain_basis"] == "dedicated").all()
