@@ -120,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-steps", type=int, default=2000, help="training steps of each dedicated model")
     p.add_argument(
         "--verify-init",
-        choices=["scratch", "proxy"],
-        default="scratch",
-        help="start dedicated models from random weights, or from the proxy's weights restricted to "
-        "their masks (converges faster, less noise between orders)",
+        choices=["proxy", "scratch"],
+        default="proxy",
+        help="start dedicated models from the proxy's weights restricted to their masks (a short "
+        "budget measures what specialising to the order gains), or from random weights (needs "
+        "budgets far beyond a CPU's to converge; results/ shows both)",
     )
     p.add_argument(
         "--verify-lr",
@@ -280,15 +281,24 @@ def verify_config(args) -> FitConfig:
     """The one training budget of every dedicated model of a run. Fine-tuning from the proxy
     uses a 10× smaller learning rate by default: at the from-scratch rate, Adam's first steps
     throw away much of what the proxy learnt."""
-    lr = args.verify_lr or (1e-4 if getattr(args, "verify_init", "scratch") == "proxy" else 1e-3)
+    lr = args.verify_lr or (1e-4 if args.verify_init == "proxy" else 1e-3)
     return FitConfig(steps=args.verify_steps, seed=args.seed, lr=lr)
+
+
+def verify_proxy_path(args) -> str | None:
+    """The proxy dedicated models start from (``--verify-init proxy``), else None."""
+    if args.verify_init != "proxy":
+        return None
+    return str(args.proxy or WEIGHTS / f"proxy_k{args.patch}.pt")
 
 
 def dedicated_objective(args, lat: LatentSet):
     """Held-out bits of a dedicated model trained for the order (--verify-steps steps each)."""
     train = training_latents(args)[0]
     cfg = verify_config(args)
-    return lambda order: dedicated_rate(order, train, lat, cfg, progress=False)["bits"]
+    path = verify_proxy_path(args)
+    init = load_context(path)[0] if path else None
+    return lambda order: dedicated_rate(order, train, lat, cfg, progress=False, init=init)["bits"]
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -640,9 +650,7 @@ def verify(
     cfg = verify_config(args)
     folder = Path(args.dedicated_dir or out / "dedicated")
     folder.mkdir(parents=True, exist_ok=True)
-    proxy_path = (
-        str(args.proxy or WEIGHTS / f"proxy_k{args.patch}.pt") if args.verify_init == "proxy" else None
-    )
+    proxy_path = verify_proxy_path(args)
     proxy = load_context(proxy_path) if proxy_path else None
     results, todo = {}, []
     for name in verify_specs(args.patch, found, table, args.verify):

@@ -166,6 +166,8 @@ def test_verify_trains_dedicated_models(setup, image_dir):
                 str(image_dir),
                 "--verify-steps",
                 "2",
+                "--verify-init",
+                "scratch",
                 "--jobs",
                 "2",
                 "--dedicated-dir",
@@ -187,14 +189,14 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     search.main(
         ["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(tmp / "again")]
         + ["--verify", "1", "--train-images", str(image_dir), "--verify-steps", "2"]
-        + ["--dedicated-dir", str(tmp / "shared")]
+        + ["--verify-init", "scratch", "--dedicated-dir", str(tmp / "shared")]
     )
     assert all(p.stat().st_mtime == t for p, t in mtimes.items())
     # started from the proxy: every model, the baselines included, records where it started
     search.main(
         ["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(tmp / "warm")]
         + ["--verify", "1", "--train-images", str(image_dir), "--verify-steps", "2"]
-        + ["--verify-init", "proxy", "--dedicated-dir", str(tmp / "warm-models")]
+        + ["--dedicated-dir", str(tmp / "warm-models")]  # --verify-init proxy is the default
     )
     inits = {json.loads(p.read_text())["init"] for p in (tmp / "warm-models").glob("*.json")}
     (cb,) = [p for p in (tmp / "warm-models").glob("checkerboard.proxy-*.json") if "identity" not in p.name]
