@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 python experiments/base_vs_jpeg.py --out results
 python experiments/bench_context.py --out results
 python experiments/bench_decode.py --out results
-bash experiments/verify_search.sh  # the 2x2 and 4x4 searches, verified with dedicated models
-python -m orderopt.report results/search-patch2 results/search-patch4 --out results/report \
+bash experiments/verify_search.sh proxy              # 2x2 and 4x4, dedicated models fine-tuned from the proxy
+PATCHES=2 bash experiments/verify_search.sh scratch  # 2x2, dedicated models from scratch
+python -m orderopt.search --patch 4 --strategy greedy --random 200 --out results/search-patch4 --force
+python -m orderopt.report results/search-patch2-from-proxy results/search-patch4-from-proxy \
+    results/search-patch2 --out results/report \
     --decode-time results/decode_time.json

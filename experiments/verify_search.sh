@@ -7,7 +7,7 @@
 # on 2 CPU cores (--jobs 2). Runs of one protocol share one folder of dedicated models, so
 # the 2x2 run's baselines are reused by the 4x4 run where the proxy allows (from scratch).
 # Resumable: re-run after an interruption.
-#   bash experiments/verify_search.sh PROTOCOL [TRAIN_LATENTS] [JOBS]
+#   [PATCHES="2 4"] bash experiments/verify_search.sh PROTOCOL [TRAIN_LATENTS] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROTOCOL=${1:-proxy}
@@ -20,6 +20,12 @@ case "$PROTOCOL" in
 esac
 COMMON=(--train-latents "$TRAIN" --verify-steps "$STEPS" --verify-init "$PROTOCOL" --seed 0 --jobs "$JOBS"
   --dedicated-dir "checkpoints/dedicated$SUFFIX")
-python -m orderopt.search --patch 2 --out "results/search-patch2$SUFFIX" --verify 4 "${COMMON[@]}"
-python -m orderopt.search --patch 4 --strategy greedy --random 200 --out "results/search-patch4$SUFFIX" \
-  --verify 1 "${COMMON[@]}"
+PATCHES=${PATCHES:-2 4}  # PATCHES=2 for the 2x2 run alone
+for K in $PATCHES; do
+  if [ "$K" = 2 ]; then
+    python -m orderopt.search --patch 2 --out "results/search-patch2$SUFFIX" --verify 4 "${COMMON[@]}"
+  else
+    python -m orderopt.search --patch 4 --strategy greedy --random 200 --out "results/search-patch4$SUFFIX" \
+      --verify 1 "${COMMON[@]}"
+  fi
+done
