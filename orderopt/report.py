@@ -111,6 +111,9 @@ def fig_gains(runs: list[Run], path: Path) -> None:
             strict=True,
         ):
             d = run.orders.dropna(subset=[col]).sort_values(col)
+            # one basis per panel: verified orders on dedicated rates, else all on proxy rates
+            basis = "dedicated" if (d["gain_basis"] == "dedicated").any() else "proxy"
+            d = d[d["gain_basis"] == basis]
             if d.empty:
                 ax.text(
                     0.5,
@@ -131,10 +134,10 @@ def fig_gains(runs: list[Run], path: Path) -> None:
                     handles.append(ax.axhline(v, color="k", ls=style, lw=1, label=f"{b} ({v:+.2f}%)"))
             if run.paper() in set(d["order"]):
                 handles.insert(1, Patch(color="tab:red", label=f"paper's order {run.paper()}"))
-            ax.set_title(f"{run.label}: gain vs {base}")
+            ax.set_title(f"{run.label}\ngain vs {base}, {basis} rates", fontsize=9)
             ax.set_xlabel("candidates, sorted by gain")
             ax.set_ylabel(f"rate change vs {base} (%), lower is better")
-            ax.legend(handles=handles, fontsize=7, loc="upper left")
+            ax.legend(handles=handles, fontsize=7, loc="best")
             ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
 
