@@ -8,6 +8,10 @@
 # the 2x2 run's baselines are reused by the 4x4 run where the proxy allows (from scratch).
 # Resumable: re-run after an interruption.
 #   [PATCHES="2 4"] bash experiments/verify_search.sh PROTOCOL [TRAIN_LATENTS] [JOBS]
+# Held out on BSDS500 val instead of the embedded photographs (same domain as the training
+# latents, 100 images; the run folders get the suffix -bsdsval):
+#   python -m orderopt.latents --images ../shared/datasets/bsds500/val --out checkpoints/context/val_latents.pt
+#   HELD_OUT=checkpoints/context/val_latents.pt STEPS_OVERRIDE=500 RANDOM_ORDERS=20 PATCHES=4 bash experiments/verify_search.sh proxy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROTOCOL=${1:-proxy}
@@ -18,14 +22,18 @@ case "$PROTOCOL" in
   proxy) STEPS=1000; SUFFIX="-from-proxy" ;;
   *) echo "protocol must be scratch or proxy" >&2; exit 2 ;;
 esac
+STEPS=${STEPS_OVERRIDE:-$STEPS}
+RANDOM_ORDERS=${RANDOM_ORDERS:-200}
+[ -n "${HELD_OUT:-}" ] && SUFFIX="$SUFFIX-bsdsval"
 COMMON=(--train-latents "$TRAIN" --verify-steps "$STEPS" --verify-init "$PROTOCOL" --seed 0 --jobs "$JOBS"
   --dedicated-dir "checkpoints/dedicated$SUFFIX")
+[ -n "${HELD_OUT:-}" ] && COMMON+=(--latents "$HELD_OUT")
 PATCHES=${PATCHES:-2 4}  # PATCHES=2 for the 2x2 run alone
 for K in $PATCHES; do
   if [ "$K" = 2 ]; then
     python -m orderopt.search --patch 2 --out "results/search-patch2$SUFFIX" --verify 4 "${COMMON[@]}"
   else
-    python -m orderopt.search --patch 4 --strategy greedy --random 200 --out "results/search-patch4$SUFFIX" \
+    python -m orderopt.search --patch 4 --strategy greedy --random "$RANDOM_ORDERS" --out "results/search-patch4$SUFFIX" \
       --verify 1 "${COMMON[@]}"
   fi
 done

@@ -62,8 +62,10 @@ class Run:
         if list(self.df.columns) != COLUMNS or "arguments" not in self.manifest:
             raise UserError(f"{self.path} is not an orderopt search run (unexpected manifest or columns)")
         self.patch = int(self.manifest["arguments"]["patch"])
+        self.held_out = str(self.manifest.get("images") or Path(str(self.manifest.get("latents", "?"))).stem)
         self.label = (
-            f"{self.path.name} ({self.patch}×{self.patch}, model {self.manifest.get('model_hash', '?')[:8]})"
+            f"{self.path.name} ({self.patch}×{self.patch}, model {self.manifest.get('model_hash', '?')[:8]}, "
+            f"held out: {self.held_out})"
         )
         costs = self.path / "costs.npz"
         self.table = CostTable.load(costs) if costs.is_file() else None
@@ -332,7 +334,11 @@ def load_decode_time(path: str | Path, runs: list[Run]) -> dict:
 
 def decode_time_points(runs: list[Run], timing: dict) -> list[tuple[float, float, str, str]]:
     """(ŷ decoding ms, bpp, label, kind) for each timed schedule; the best order of a run is
-    drawn at the time of the paper's order with the same patch (same stages, same network)."""
+    drawn at the time of the paper's order with the same patch (same stages, same network).
+    Rates of different images do not compare: only runs held out on the first run's images
+    are drawn (the benchmark times the embedded photographs), the first of each patch size."""
+    runs = [r for r in runs if r.held_out == runs[0].held_out]
+    runs = [r for i, r in enumerate(runs) if r.patch not in {q.patch for q in runs[:i]}]
     first, pts = runs[0], []
     for name, sec in timing["latent_s"].items():
         ms = 1000 * sec

@@ -61,6 +61,18 @@ def test_report_of_two_runs(setup, tmp_path):  # noqa: F811
     ]
     assert {"hyperprior", "checkerboard", "paper 2×2", "best 2×2"} <= set(labels)  # no 4x4 run: no 4x4 point
     assert "paper 4×4" not in labels
+    # a run held out on other images is not drawn against the first run's images
+    other = tmp_path / "other"
+    other.mkdir()
+    man = json.loads((a / "manifest.json").read_text())
+    man.pop("images", None)
+    (other / "manifest.json").write_text(json.dumps({**man, "latents": "elsewhere.pt"}))
+    (other / "candidates.csv").write_text((a / "candidates.csv").read_text())
+    assert report.Run(other).held_out == "elsewhere" and "held out: elsewhere" in report.Run(other).label
+    timed = report.load_decode_time(tmp_path / "t.json", [report.Run(a)])
+    assert report.decode_time_points([report.Run(a), report.Run(other)], timed) == report.decode_time_points(
+        [report.Run(a)], timed
+    )
     timing["model_hash"] = "other"
     (tmp_path / "t.json").write_text(json.dumps(timing))
     r = run(str(a), "--decode-time", str(tmp_path / "t.json"))
