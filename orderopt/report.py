@@ -62,7 +62,10 @@ class Run:
         if list(self.df.columns) != COLUMNS or "arguments" not in self.manifest:
             raise UserError(f"{self.path} is not an orderopt search run (unexpected manifest or columns)")
         self.patch = int(self.manifest["arguments"]["patch"])
-        self.held_out = str(self.manifest.get("images") or Path(str(self.manifest.get("latents", "?"))).stem)
+        args = self.manifest["arguments"]  # held out on --images or --latents (the file's stem)
+        self.held_out = args.get("images") or (
+            Path(args["latents"]).stem if args.get("latents") else "embedded photographs"
+        )
         self.label = (
             f"{self.path.name} ({self.patch}×{self.patch}, model {self.manifest.get('model_hash', '?')[:8]}, "
             f"held out: {self.held_out})"
@@ -335,9 +338,11 @@ def load_decode_time(path: str | Path, runs: list[Run]) -> dict:
 def decode_time_points(runs: list[Run], timing: dict) -> list[tuple[float, float, str, str]]:
     """(ŷ decoding ms, bpp, label, kind) for each timed schedule; the best order of a run is
     drawn at the time of the paper's order with the same patch (same stages, same network).
-    Rates of different images do not compare: only runs held out on the first run's images
-    are drawn (the benchmark times the embedded photographs), the first of each patch size."""
-    runs = [r for r in runs if r.held_out == runs[0].held_out]
+    Rates of different images do not compare: only runs held out on the images the benchmark
+    times (the embedded photographs; else the first run's images) are drawn, the first of each
+    patch size."""
+    timed = "embedded photographs" if any(r.held_out == "embedded photographs" for r in runs) else None
+    runs = [r for r in runs if r.held_out == (timed or runs[0].held_out)]
     runs = [r for i, r in enumerate(runs) if r.patch not in {q.patch for q in runs[:i]}]
     first, pts = runs[0], []
     for name, sec in timing["latent_s"].items():
@@ -395,7 +400,7 @@ def summary_rows(run: Run) -> list[str]:
     out = [
         f"### {run.label}",
         "",
-        f"Images: {run.manifest.get('images', run.manifest.get('latents', '?'))}; strategy "
+        f"Held out: {run.held_out}; strategy "
         f"{run.manifest['strategy']['strategy']}; {len(run.orders)} candidate orders; "
         f"run time {run.manifest['timings_s']['total_s']:.1f} s on {run.manifest['device']}.",
         "",

@@ -65,8 +65,8 @@ def test_report_of_two_runs(setup, tmp_path):  # noqa: F811
     other = tmp_path / "other"
     other.mkdir()
     man = json.loads((a / "manifest.json").read_text())
-    man.pop("images", None)
-    (other / "manifest.json").write_text(json.dumps({**man, "latents": "elsewhere.pt"}))
+    man["arguments"] = {**man["arguments"], "images": None, "latents": "some/elsewhere.pt"}
+    (other / "manifest.json").write_text(json.dumps(man))
     (other / "candidates.csv").write_text((a / "candidates.csv").read_text())
     assert report.Run(other).held_out == "elsewhere" and "held out: elsewhere" in report.Run(other).label
     timed = report.load_decode_time(tmp_path / "t.json", [report.Run(a)])
