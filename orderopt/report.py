@@ -486,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# orderopt report",
         "",
-        "Regenerate: `python -m orderopt.report " + " ".join(str(r.path) for r in runs) + "`.",
+        "Regenerate: `python -m orderopt.report "
+        + " ".join(str(r.path) for r in runs)
+        + (f" --out {args.out}" if args.out else "")
+        + (f" --decode-time {args.decode_time}" if args.decode_time else "")
+        + "`.",
         "",
     ]
     for run in runs:
