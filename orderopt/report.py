@@ -335,6 +335,11 @@ def load_decode_time(path: str | Path, runs: list[Run]) -> dict:
     return {**d, "latent_s": medians}
 
 
+def basis(row: pd.Series) -> str:
+    """A label suffix for a candidate whose rate is the proxy's (no dedicated model)."""
+    return " (proxy rate)" if pd.isna(row["dedicated_bits_per_latent"]) else ""
+
+
 def decode_time_points(runs: list[Run], timing: dict) -> list[tuple[float, float, str, str]]:
     """(ŷ decoding ms, bpp, label, kind) for each timed schedule; the best order of a run is
     drawn at the time of the paper's order with the same patch (same stages, same network).
@@ -355,9 +360,10 @@ def decode_time_points(runs: list[Run], timing: dict) -> list[tuple[float, float
                 continue
             paper = run.df[run.df["order"] == run.paper()]
             if len(paper):
-                pts.append((ms, float(paper["bpp"].iloc[0]), f"paper {run.patch}×{run.patch}", "paper"))
+                row = paper.iloc[0]
+                pts.append((ms, float(row["bpp"]), f"paper {run.patch}×{run.patch}{basis(row)}", "paper"))
             best = run.orders.assign(rate=rate_column(run.orders)).sort_values("rate").iloc[0]
-            pts.append((ms, float(best["bpp"]), f"best {run.patch}×{run.patch}", "best"))
+            pts.append((ms, float(best["bpp"]), f"best {run.patch}×{run.patch}{basis(best)}", "best"))
     return [p for p in pts if np.isfinite(p[1])]
 
 
