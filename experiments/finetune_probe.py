@@ -2,8 +2,8 @@
 sets: training images, unseen images of the training domain, and the held-out photographs.
 
 A dedicated multistage model for ``--order`` starts from the shipped proxy
-(:func:`orderopt.context.init_from_proxy`) and is fine-tuned exactly as ``search --verify``
-does (Adam, lr ÷10 for the last 20% of steps); every ``--every`` steps its rate (bits per
+(:func:`orderopt.context.init_from_proxy`) and is fine-tuned by :func:`orderopt.fit.fit_context`,
+as ``search --verify`` does; every ``--every`` steps its rate (bits per
 latent) is measured on the first ``--train-subset`` training images, on the validation
 latents and on the held-out latents (default: the embedded photographs).
 
@@ -21,14 +21,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from orderopt import data
 from orderopt import orders as od
 from orderopt.context import MultistageContext, init_from_proxy
-from orderopt.fit import FitConfig, LatentCrops, load_context, loss_bits, measure
+from orderopt.fit import FitConfig, fit_context, load_context, measure
 from orderopt.latents import cached_latents, load_latents
 from orderopt.model import SHIPPED, load_model
 
@@ -66,28 +65,17 @@ def main() -> None:
     model = MultistageContext(order, train.latent_channels, train.hyper_channels)
     init_from_proxy(model, proxy)
     cfg = FitConfig(steps=args.steps, lr=args.lr)
-    torch.manual_seed(cfg.seed)
-    crops, rng = LatentCrops(train, cfg.crop, cfg.seed), np.random.default_rng(cfg.seed + 1)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     curve, t0 = [], time.time()
 
     def record(step: int) -> None:
+        if step % args.every:
+            return
         row = {"step": step, **{k: measure(model, v)["bits_per_latent"] for k, v in sets.items()}}
         curve.append(row)
         tqdm.write(json.dumps(row))
-        model.train()
 
     record(0)
-    for step in tqdm(range(1, cfg.steps + 1), desc=str(order), unit="step"):  # as fit.fit_context
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr if step <= 0.8 * cfg.steps else cfg.lr * 0.1
-        y, h = crops.sample(cfg.batch)
-        loss = loss_bits(model, y, h, rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % args.every == 0:
-            record(step)
+    fit_context(model, train, cfg, desc=str(order), on_step=record)  # exactly as search --verify
     cmd = (
         f"python experiments/finetune_probe.py --order {args.order} --steps {args.steps} --every {args.every}"
     )

@@ -78,6 +78,9 @@ def load_image(path: str | Path) -> torch.Tensor:
     return to_tensor(read_rgb(path))
 
 
+EMBEDDED_NAME = "embedded photographs"  # how runs name the default held-out images
+
+
 def embedded_image_paths() -> dict[str, Path]:
     """Paths of the embedded photographs inside the installed scikit-image."""
     import skimage.data

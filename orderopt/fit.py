@@ -6,6 +6,7 @@ size, batch, steps and seed, so that the only difference is the context model it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -132,10 +133,13 @@ def fit_context(
     meta: dict | None = None,
     progress: bool = True,
     desc: str = "fit",
+    on_step: Callable[[int], None] | None = None,
 ) -> ctxm.ContextModel:
     """Train ``model`` on random latent crops (Adam, lr ÷10 for the last 20% of steps).
 
     With ``checkpoint`` the state is saved every 100 steps and training resumes from it.
+    ``on_step(step)`` is called after every optimizer step (1-based), e.g. to measure a
+    learning curve; it may switch the model to eval mode, training switches it back.
     """
     torch.manual_seed(config.seed)
     crops = LatentCrops(train, config.crop, config.seed)
@@ -181,6 +185,9 @@ def fit_context(
             bar.set_postfix(bits=f"{float(loss.detach()):.4f}")
         if step % 100 == 0:
             save()
+        if on_step is not None:
+            on_step(step)
+            model.train()
     bar.close()
     save()
     return model.eval()

@@ -30,6 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from . import orders as od
 from .costs import CostTable
+from .data import EMBEDDED_NAME
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write
 from .search import COLUMNS
@@ -61,11 +62,11 @@ class Run:
             raise UserError(f"the run in {self.path} did not finish; run the same search again to resume it")
         if list(self.df.columns) != COLUMNS or "arguments" not in self.manifest:
             raise UserError(f"{self.path} is not an orderopt search run (unexpected manifest or columns)")
-        self.patch = int(self.manifest["arguments"]["patch"])
-        args = self.manifest["arguments"]  # held out on --images or --latents (the file's stem)
-        self.held_out = args.get("images") or (
-            Path(args["latents"]).stem if args.get("latents") else "embedded photographs"
-        )
+        args = self.manifest["arguments"]
+        self.patch = int(args["patch"])
+        # held out on --images, --latents (named by the file's stem) or the embedded photographs
+        latents = args.get("latents")
+        self.held_out = args.get("images") or (Path(latents).stem if latents else EMBEDDED_NAME)
         self.label = (
             f"{self.path.name} ({self.patch}×{self.patch}, model {self.manifest.get('model_hash', '?')[:8]}, "
             f"held out: {self.held_out})"
@@ -346,8 +347,8 @@ def decode_time_points(runs: list[Run], timing: dict) -> list[tuple[float, float
     Rates of different images do not compare: only runs held out on the images the benchmark
     times (the embedded photographs; else the first run's images) are drawn, the first of each
     patch size."""
-    timed = "embedded photographs" if any(r.held_out == "embedded photographs" for r in runs) else None
-    runs = [r for r in runs if r.held_out == (timed or runs[0].held_out)]
+    timed = EMBEDDED_NAME if any(r.held_out == EMBEDDED_NAME for r in runs) else runs[0].held_out
+    runs = [r for r in runs if r.held_out == timed]
     runs = [r for i, r in enumerate(runs) if r.patch not in {q.patch for q in runs[:i]}]
     first, pts = runs[0], []
     for name, sec in timing["latent_s"].items():

@@ -158,7 +158,7 @@ def held_out_latents(args) -> tuple[LatentSet, dict]:
     return lat, {
         "model": str(args.model or "shipped"),
         "model_hash": meta["hash"],
-        "images": args.images or "embedded photographs",
+        "images": args.images or data.EMBEDDED_NAME,
         "image_names": lat.names,
         "latent_cache": str(path),
     }

@@ -144,3 +144,19 @@ def test_fit_resumes_after_interruption(tmp_path, monkeypatch):
     torch.manual_seed(5)  # resuming restores every random state itself
     resumed = fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, checkpoint=ckpt, progress=False)
     assert measure(resumed, held)["bits"] == pytest.approx(measure(straight, held)["bits"], rel=1e-5)
+
+
+def test_fit_calls_on_step_without_changing_training():
+    train, held = random_latents(4, seed=3), random_latents(2, seed=4)
+    cfg = FitConfig(steps=6, batch=2, crop=4, seed=1)
+    torch.manual_seed(0)
+    plain = fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, progress=False)
+    torch.manual_seed(0)
+    model, curve = MultistageContext(o.raster(2), M, CH), []
+
+    def record(step: int) -> None:  # measuring switches the model to eval mode mid-training
+        curve.append((step, measure(model, held)["bits"]))
+
+    fit_context(model, train, cfg, progress=False, on_step=record)
+    assert [s for s, _ in curve] == list(range(1, 7))
+    assert curve[-1][1] == pytest.approx(measure(plain, held)["bits"], rel=1e-6)
