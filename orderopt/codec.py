@@ -2,6 +2,7 @@
 
     python -m orderopt.codec encode IMAGE OUT.oopt (--order "0,1;2,3" | --kind autoregressive)
     python -m orderopt.codec decode IN.oopt OUT.png
+    (either with --device cuda: the networks on a GPU, entropy coding on the CPU)
 
 ẑ is coded under the factorized prior, ŷ under the Gaussians of a context model
 (constriction's range coder and quantized Gaussian). Stage t of an order is decoded for all
@@ -18,7 +19,9 @@ Container (little-endian)::
             | CRC-32 of everything before it u32 | ẑ stream (u32 words) | ŷ stream (u32 words)
 
 The header names the base model's hash, the context model (kind, order, hash), the image
-size and the latent shapes and symbol ranges, so that a stream decodes on its own.
+size, the latent shapes and symbol ranges, and the device type the networks ran on (floating
+point differs between devices, so a stream decodes exactly only on the same kind), so that a
+stream decodes on its own.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from pathlib import Path
 import constriction
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from . import data
@@ -56,6 +58,7 @@ class Schedule:
     """Which latents each stage decodes and their Gaussian parameters given earlier stages."""
 
     num_stages: int
+    shape: tuple[int, int]  # (H, W) of ŷ
 
     def where(self, t: int) -> torch.Tensor:
         """(H, W) bool: the latents decoded at stage t."""
@@ -73,14 +76,19 @@ class Schedule:
         """Write (M, n_t) values of stage t into y, inverse of :meth:`take`."""
         y[0][:, self.where(t)] = values
 
+    def new_latents(self, channels: int, device: torch.device) -> torch.Tensor:
+        """The zero ŷ (1, M, H, W) that the stages fill in; pass it to :meth:`params`."""
+        return torch.zeros(1, channels, *self.shape, device=device)
+
 
 class OrderSchedule(Schedule):
     """Stages of a decoding order, with a dedicated multistage model or the any-order proxy."""
 
     def __init__(self, model: ContextModel, order: od.DecodingOrder, height: int, width: int):
         self.model, self.order = model, order
-        self.num_stages = order.num_stages
-        self.stage = torch.from_numpy(order.stage_map(height, width))
+        self.num_stages, self.shape = order.num_stages, (height, width)
+        device = next(model.parameters()).device
+        self.stage = torch.from_numpy(order.stage_map(height, width)).to(device)
 
     def where(self, t: int) -> torch.Tensor:
         return self.stage == t
@@ -115,27 +123,58 @@ class OrderSchedule(Schedule):
 
 
 class RasterSchedule(Schedule):
-    """The autoregressive model: one latent position per stage, raster order (H·W stages)."""
+    """The autoregressive model: one latent position per stage, raster order (H·W stages).
+
+    A serial decoder done properly: h's share of the first entropy layer is computed once for
+    all positions, the masked convolution reads only its causal taps (the rows above and the
+    taps to the left: 12 of 25), and ŷ lives inside a zero-padded buffer, so a position costs
+    two window gathers and a few small matrix–vector products, no full convolutions.
+    """
 
     def __init__(self, model: AutoregressiveContext, height: int, width: int):
         self.model, self.h, self.w = model, height, width
-        self.num_stages = height * width
-        half = model.kernel_size // 2
-        self.weight = (model.conv.weight * model.mask).flatten(1)  # (2M, M·K·K)
-        self.half = half
+        self.num_stages, self.shape = height * width, (height, width)
+        self.half = half = model.kernel_size // 2
+        w = model.conv.weight  # (2M, M, K, K), mask A: rows < half, and row half left of centre
+        self.w_above = w[:, :, :half].flatten(1)
+        self.w_left = w[:, :, half, :half].flatten(1)
+        self.ctx_in = model.entropy.ctx_in.weight[:, :, 0, 0]
+        self._padded: torch.Tensor | None = None
+        self._hyper: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def where(self, t: int) -> torch.Tensor:
         w = torch.zeros(self.h, self.w, dtype=torch.bool)
         w[divmod(t, self.w)] = True
         return w
 
+    def new_latents(self, channels, device):
+        half = self.half
+        self._padded = torch.zeros(1, channels, self.h + 2 * half, self.w + 2 * half, device=device)
+        return self._padded[:, :, half : half + self.h, half : half + self.w]
+
+    def take(self, y, t):
+        i, j = divmod(t, self.w)
+        return y[0, :, i, j, None]
+
+    def put(self, y, t, values):
+        i, j = divmod(t, self.w)
+        y[0, :, i, j] = values[:, 0]
+
     def params(self, y, hyper, t):
+        if (
+            self._padded is None
+            or y.untyped_storage().data_ptr() != self._padded.untyped_storage().data_ptr()
+        ):
+            raise ValueError("RasterSchedule.params needs the latents from its new_latents()")
+        if self._hyper is None or self._hyper[0] is not hyper:  # h's share, once per image
+            self._hyper = (hyper, self.model.entropy.hyper_in(hyper)[0].flatten(1).T.contiguous())
         i, j = divmod(t, self.w)
         k, half = self.model.kernel_size, self.half
-        win = F.pad(y, (half, half, half, half))[0, :, i : i + k, j : j + k].reshape(-1)
-        ctx = (self.weight @ win + self.model.conv.bias)[None, :, None, None]
-        m, s = self.model.entropy(hyper[:, :, i : i + 1, j : j + 1], ctx)
-        return m[0, :, 0], s[0, :, 0]
+        above = self._padded[0, :, i : i + half, j : j + k].reshape(-1)
+        left = self._padded[0, :, i + half, j : j + half].reshape(-1)
+        ctx = torch.addmv(torch.addmv(self.model.conv.bias, self.w_above, above), self.w_left, left)
+        m, s = self.model.entropy.tail_rows(torch.addmv(self._hyper[1][t], self.ctx_in, ctx))
+        return m[:, None], s[:, None]
 
 
 def make_schedule(model: ContextModel, order: od.DecodingOrder | None, height: int, width: int) -> Schedule:
@@ -163,10 +202,25 @@ def proxy_order(order: od.DecodingOrder, patch: int) -> od.DecodingOrder:
 def z_probabilities(model: HyperpriorCodec, lo: int, hi: int) -> np.ndarray:
     """(N, hi−lo+1) probabilities of ẑ = lo..hi per channel under the factorized prior."""
     n = model.N
-    grid = torch.arange(lo, hi + 1, dtype=torch.float32).view(1, 1, 1, -1).expand(1, n, 1, -1)
+    device = next(model.parameters()).device
+    grid = torch.arange(lo, hi + 1, dtype=torch.float32, device=device).view(1, 1, 1, -1).expand(1, n, 1, -1)
     with torch.no_grad():
-        p = model.z_prior.likelihood(grid)[0, :, 0].double().numpy()
+        p = model.z_prior.likelihood(grid)[0, :, 0].double().cpu().numpy()
     return p / p.sum(1, keepdims=True)
+
+
+def networks_device(base: HyperpriorCodec, context: ContextModel) -> torch.device:
+    """The device both networks run on (entropy coding always runs on the CPU)."""
+    device = next(base.parameters()).device
+    if next(context.parameters()).device != device:
+        raise ValueError("the base and context models must be on the same device")
+    return device
+
+
+def gaussians_to_host(means: torch.Tensor, scales: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened float64 means and standard deviations for the coder: one device→host copy."""
+    both = torch.stack([means.reshape(-1), scales.reshape(-1).clamp_min(SCALE_MIN)]).double().cpu().numpy()
+    return both[0], both[1]
 
 
 @dataclass
@@ -186,9 +240,12 @@ def encode(
     context_meta: dict,
     order: od.DecodingOrder | None = None,
 ) -> Encoded:
-    """Encode one image (3, H, W) in [0, 1]."""
+    """Encode one image (3, H, W) in [0, 1]. The networks run on the models' device and the
+    stream records it: floating-point results differ between devices, so a stream decodes
+    exactly only with the networks on the same kind of device."""
     t0 = time.perf_counter()
-    x, size = data.pad_to_multiple(image[None])
+    device = networks_device(base, context)
+    x, size = data.pad_to_multiple(image[None].to(device))
     a = base.analyze(x)
     y_hat, z_hat, hyper = a.y_hat, a.z_hat, a.hyper
     _, m, h, w = y_hat.shape
@@ -204,7 +261,7 @@ def encode(
     zlo, ylo = int(z_hat.min()), int(y_hat.min())
     zhi, yhi = max(int(z_hat.max()), zlo + 1), max(int(y_hat.max()), ylo + 1)
     coder = constriction.stream.queue.RangeEncoder()
-    zs = z_hat[0].flatten(1)  # (N, n)
+    zs = z_hat[0].flatten(1).cpu()  # (N, n)
     probs = z_probabilities(base, zlo, zhi)
     cat = constriction.stream.model.Categorical(perfect=False)
     coder.encode(
@@ -215,19 +272,16 @@ def encode(
     z_words = coder.get_compressed()
     coder = constriction.stream.queue.RangeEncoder()
     gauss = constriction.stream.model.QuantizedGaussian(ylo, yhi)
-    partial = torch.zeros_like(y_hat)
+    partial = schedule.new_latents(m, device)
     estimated = 0.0
     for t in range(schedule.num_stages):
-        means, scales = schedule.params(partial, hyper, t)
+        means, stds = gaussians_to_host(*schedule.params(partial, hyper, t))
         symbols = schedule.take(y_hat, t)
-        stds = scales.clamp_min(SCALE_MIN)
-        coder.encode(
-            symbols.reshape(-1).numpy().astype(np.int32),
-            gauss,
-            means.reshape(-1).double().numpy(),
-            stds.reshape(-1).double().numpy(),
+        host = symbols.reshape(-1).cpu().numpy()
+        coder.encode(host.astype(np.int32), gauss, means, stds)
+        estimated += float(
+            gaussian_bits(*(torch.from_numpy(v) for v in (host.astype(np.float64), means, stds))).sum()
         )
-        estimated += float(gaussian_bits(symbols, means, stds).sum())
         schedule.put(partial, t, symbols)
     y_words = coder.get_compressed()
     header = {
@@ -239,9 +293,12 @@ def encode(
         "z_shape": list(z_hat.shape[1:]),
         "z_range": [zlo, zhi],
         "y_range": [ylo, yhi],
+        "device": device.type,
     }
     est_z = float(-np.log2(probs[np.arange(zs.shape[0])[:, None], (zs - zlo).long().numpy()]).sum())
-    return Encoded(pack(header, z_words, y_words), y_hat[0], estimated + est_z, time.perf_counter() - t0)
+    return Encoded(
+        pack(header, z_words, y_words), y_hat[0].cpu(), estimated + est_z, time.perf_counter() - t0
+    )
 
 
 def pack(header: dict, z_words: np.ndarray, y_words: np.ndarray) -> bytes:
@@ -315,6 +372,13 @@ def decode(
             f"stream was encoded with context model {header['context'].get('hash')}, not "
             f"{context_meta.get('hash')}; pass the same --context"
         )
+    device = networks_device(base, context)
+    coded_on = header.get("device", "cpu")
+    if coded_on != device.type:
+        raise UserError(
+            f"stream was encoded with the networks on {coded_on}, and decodes exactly only there; "
+            f"pass --device {coded_on}"
+        )
     t = time.perf_counter()
     n, hz, wz = header["z_shape"]
     zlo, zhi = header["z_range"]
@@ -322,29 +386,32 @@ def decode(
     dec = constriction.stream.queue.RangeDecoder(z_words)
     cat = constriction.stream.model.Categorical(perfect=False)
     zs = dec.decode(cat, np.repeat(probs[None], hz * wz, 0).reshape(-1, probs.shape[1]))
-    z_hat = torch.from_numpy(zs.reshape(hz * wz, n).T.reshape(1, n, hz, wz).astype(np.float32)) + zlo
+    z_hat = (
+        torch.from_numpy(zs.reshape(hz * wz, n).T.reshape(1, n, hz, wz).astype(np.float32)).to(device) + zlo
+    )
     hyper = base.h_s(z_hat)
     m, h, w = header["y_shape"]
     order = od.DecodingOrder.parse(header["order"]) if header.get("order") else None
     schedule = make_schedule(context, order, h, w)
+    if device.type == "cuda":  # kernels run asynchronously: wait for h_s before reading the clock
+        torch.cuda.synchronize(device)
     hyper_s = time.perf_counter() - t
     net = coding = 0.0
     dec = constriction.stream.queue.RangeDecoder(y_words)
     gauss = constriction.stream.model.QuantizedGaussian(*header["y_range"])
-    y = torch.zeros(1, m, h, w)
+    y = schedule.new_latents(m, device)
     for st in range(schedule.num_stages):
         t = time.perf_counter()
-        means, scales = schedule.params(y, hyper, st)
-        stds = scales.clamp_min(SCALE_MIN)
+        means, stds = gaussians_to_host(*schedule.params(y, hyper, st))  # the copy waits for the device
         net += time.perf_counter() - t
         t = time.perf_counter()
-        vals = dec.decode(gauss, means.reshape(-1).double().numpy(), stds.reshape(-1).double().numpy())
-        schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(m, -1))
+        vals = dec.decode(gauss, means, stds)
+        schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(m, -1).to(device))
         coding += time.perf_counter() - t
     t = time.perf_counter()
-    image = data.crop_to(base.synthesize(y), tuple(header["image"]))[0]
+    image = data.crop_to(base.synthesize(y), tuple(header["image"]))[0].cpu()
     synth_s = time.perf_counter() - t
-    return Decoded(image, y[0], time.perf_counter() - t0, net, coding, hyper_s, synth_s)
+    return Decoded(image, y[0].cpu(), time.perf_counter() - t0, net, coding, hyper_s, synth_s)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -367,6 +434,21 @@ def context_for(args, order: od.DecodingOrder | None, header: dict | None = None
     return load_context(path)
 
 
+def torch_device(name: str) -> torch.device:
+    """A usable torch device from its name; deterministic kernels on CUDA, so that the encoder
+    and the decoder compute bit-identical Gaussian parameters."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} is not available here (no CUDA GPU); use --device cpu")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return device
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m orderopt.codec",
@@ -386,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         q.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
         q.add_argument("--context", help="context-model checkpoint (default: the shipped proxy or AR model)")
+        q.add_argument(
+            "--device",
+            default="cpu",
+            help="torch device of the networks (cpu, cuda); entropy coding runs on the CPU. A stream "
+            "decodes exactly only with the networks on the device type it was encoded on",
+        )
     d = sub.choices["decode"]
     d.add_argument("stream", help="input stream file")
     d.add_argument("out", help="output PNG")
@@ -394,12 +482,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    device = torch_device(args.device)
     base, meta = load_model(args.model)
+    base.to(device)
     if args.command == "encode":
         if bool(args.order) == bool(args.kind):
             raise UserError("give exactly one of --order and --kind autoregressive")
         order = od.DecodingOrder.parse(args.order) if args.order else None
         context, cmeta = context_for(args, order)
+        context.to(device)
         image = data.load_image(args.image)
         enc = encode(image, base, meta["hash"], context, cmeta, order)
         Path(args.out).write_bytes(enc.stream)
@@ -422,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = path.read_bytes()
     header, _, _ = unpack(stream)
     context, cmeta = context_for(args, None, header)
+    context.to(device)
     dec = decode(stream, base, meta["hash"], context, cmeta)
     Image.fromarray(to_uint8(dec.image)).save(args.out)
     print(

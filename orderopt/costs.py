@@ -57,7 +57,8 @@ class ProxyOracle:
         self.z_bits = sum(e.z_bits for e in latents.entries)
         # Per in-patch position q: its latents of all images side by side (as H=P, W=1).
         bases, parts, ys = [[] for _ in range(k * k)], [[] for _ in range(k * k)], [[] for _ in range(k * k)]
-        with torch.no_grad():
+        # Orders differ by tenths of a percent: no TF32 convolutions on GPUs (float32 throughout).
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             for e in latents.entries:
                 y, h = e.y_hat[None].to(self.device), e.hyper[None].to(self.device)
                 base, part = proxy.decompose(y, h)
@@ -84,7 +85,8 @@ class ProxyOracle:
         for q in range(k2):
             rows = [i for i, s in enumerate(subsets) if not (s >> q) & 1]
             base, parts, y = self._base[q], self._parts[q], self._y[q]
-            per = max(1, chunk or int(2**25 // max(1, parts.shape[1] * parts.shape[2])))
+            budget = 2**27 if self.device.type == "cuda" else 2**25  # elements of `pre` at once
+            per = max(1, chunk or int(budget // max(1, parts.shape[1] * parts.shape[2])))
             for start in range(0, len(rows), per):
                 idx = rows[start : start + per]
                 pre = base + torch.einsum("nk,kpd->npd", bits[idx], parts)

@@ -7,6 +7,13 @@ from orderopt.model import HyperpriorCodec, make_checkpoint
 
 torch.set_num_threads(2)
 
+# Devices to run device-dependent tests on: CUDA ones are skipped where no GPU is present
+# (CI), and run on a lent GPU with `python -m pytest -k cuda`.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
+
 
 @pytest.fixture
 def image_dir(tmp_path):

@@ -13,6 +13,8 @@ from orderopt.errors import UserError
 from orderopt.fit import load_context, save_context
 from orderopt.model import load_model
 
+from .conftest import DEVICES
+
 M, CH = 12, 24
 
 
@@ -70,14 +72,21 @@ def contexts(tmp_path):
     return out
 
 
-def test_round_trips_are_exact(tmp_path, base, image):
+@pytest.mark.parametrize("device", DEVICES)
+def test_round_trips_are_exact(tmp_path, base, image, device):
     model, meta = base
-    expected = data.crop_to(
-        model.synthesize(model.analyze(data.pad_to_multiple(image[None])[0]).y_hat), image.shape[1:]
-    )[0]
+    device = codec.torch_device(device)  # deterministic kernels on GPUs, as the command line uses
+    model.to(device)
+    with torch.no_grad():
+        expected = data.crop_to(
+            model.synthesize(model.analyze(data.pad_to_multiple(image[None].to(device))[0]).y_hat),
+            image.shape[1:],
+        )[0].cpu()
     for name, (ctx, cmeta), order in contexts(tmp_path):
+        ctx.to(device)
         enc = codec.encode(image, model, meta["hash"], ctx, cmeta, order)
         dec = codec.decode(enc.stream, model, meta["hash"], ctx, cmeta)
+        assert codec.unpack(enc.stream)[0]["device"] == device.type
         assert torch.equal(dec.y_hat, enc.y_hat), name
         assert torch.equal(dec.image, expected), name
         _, z_words, y_words = codec.unpack(enc.stream)
@@ -138,3 +147,44 @@ def test_order_that_does_not_tile_the_proxy(tmp_path, base, image):
     ctx, cmeta = saved(AnyOrderContext(2, M, CH), tmp_path, "px", kind="anyorder", patch=2)
     with pytest.raises(UserError, match="does not tile"):
         codec.encode(image, model, meta["hash"], ctx, cmeta, o.raster(3))
+
+
+def test_serial_autoregressive_decoder_matches_the_parallel_model(base, image):
+    """The folded per-position computation gives the parameters of the model's forward pass."""
+    model, _ = base
+    torch.manual_seed(1)
+    ar = AutoregressiveContext(M, CH).eval()
+    with torch.no_grad():
+        a = model.analyze(data.pad_to_multiple(image[None])[0])
+        want_m, want_s = ar(a.y_hat, a.hyper)
+        sched = codec.make_schedule(ar, None, *a.y_hat.shape[2:])
+        y = sched.new_latents(M, torch.device("cpu"))
+        for t in range(sched.num_stages):
+            means, scales = sched.params(y, a.hyper, t)
+            i, j = divmod(t, a.y_hat.shape[3])
+            assert torch.allclose(means[:, 0], want_m[0, :, i, j], atol=1e-4)
+            assert torch.allclose(scales[:, 0], want_s[0, :, i, j], atol=1e-4)
+            sched.put(y, t, sched.take(a.y_hat, t))
+    assert torch.equal(y, a.y_hat)
+
+
+def test_stream_from_another_device(tmp_path, base, image):
+    """Float results differ between devices: such a stream is refused, not decoded wrongly."""
+    model, meta = base
+    ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
+    header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
+    stream = codec.pack({**header, "device": "cuda"}, z_words, y_words)
+    with pytest.raises(UserError, match="--device cuda"):
+        codec.decode(stream, model, meta["hash"], ctx, cmeta)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is present")
+def test_cli_cuda_without_gpu(tmp_path, tiny_ckpt):
+    r = subprocess.run(
+        [sys.executable, "-m", "orderopt.codec", "decode", "x.oopt", "y.png", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "no CUDA GPU" in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -13,6 +13,8 @@ from orderopt.context import (
     subset_mask,
 )
 
+from .conftest import DEVICES
+
 M, CH = 3, 6
 
 
@@ -109,10 +111,32 @@ def test_anyorder_sees_exactly_the_decoded_set(patch):
 
 @pytest.mark.parametrize("order", ORDERS, ids=str)
 @pytest.mark.parametrize("size", [(8, 8), (9, 11), (3, 5)])
-def test_strided_equals_naive(order, size):
+def test_strided_and_fused_equal_naive(order, size):
     model = randomize(MultistageContext(order, M, CH))
     y = torch.randn(2, M, *size)
-    torch.testing.assert_close(model.context(y), model.context_naive(y), rtol=1e-5, atol=1e-5)
+    naive = model.context_naive(y)
+    torch.testing.assert_close(model.context_strided(y), naive, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.context_fused(y), naive, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the cached fused kernel gives the same
+        torch.testing.assert_close(model.context_fused(y), naive, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_form_trains():
+    """Gradients flow through the fused kernel to the weights, only through unmasked taps."""
+    model = randomize(MultistageContext(o.paper_order(2), M, CH))
+    model.context_fused(torch.randn(1, M, 6, 6)).sum().backward()
+    assert model.weight.grad is not None
+    assert torch.all(model.weight.grad[model.mask.expand_as(model.weight) == 0] == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_context_on_device_equals_cpu(device):
+    model = randomize(MultistageContext(o.paper_order(4), M, CH)).eval()
+    y = torch.randn(1, M, 9, 11)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        want = model.context_naive(y)
+        got = model.to(device).context(y.to(device)).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_stage_params_match_full_forward():

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ from orderopt.costs import CostTable, ProxyOracle, bitmask, dedicated_rate
 from orderopt.fit import FitConfig, fit_context, measure
 from orderopt.latents import LatentEntry, LatentSet
 from orderopt.model import gaussian_bits
+
+from .conftest import DEVICES
 
 M, CH = 4, 8
 
@@ -41,12 +45,13 @@ def direct_cost(proxy, latents, subset, q):
     return total
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("patch", [2, 3])
-def test_oracle_equals_direct_forward(patch):
+def test_oracle_equals_direct_forward(patch, device):
     torch.manual_seed(patch)
     proxy = AnyOrderContext(patch, M, CH).eval()
     latents = random_latents()
-    oracle = ProxyOracle(proxy, latents)
+    oracle = ProxyOracle(copy.deepcopy(proxy), latents, device=device)
     subsets = [0, 1, 5, (1 << patch**2) - 2, 3]
     table = oracle.costs(subsets, chunk=2)
     for i, s in enumerate(subsets):

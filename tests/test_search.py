@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from orderopt import search, train
 
@@ -294,3 +295,30 @@ def test_optuna_with_dedicated_objective(setup, image_dir):
         str(tmp / "ded2"),
     )
     assert r.returncode == 2 and "--train-images" in r.stderr
+
+
+def test_fill_resumably_saves_what_is_done_when_interrupted(tmp_path):
+    from orderopt.context import AnyOrderContext
+    from orderopt.costs import CostTable, ProxyOracle
+
+    from .test_costs import CH, M, random_latents
+
+    torch.manual_seed(0)
+    oracle = ProxyOracle(AnyOrderContext(3, M, CH).eval(), random_latents())
+    table, path = CostTable.from_oracle(oracle), tmp_path / "costs.npz"
+    real, calls = oracle.costs, []
+
+    def interrupted(subsets):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(len(subsets))
+        return real(subsets)
+
+    oracle.costs = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        search.fill_resumably(table, path, batch=64, save_every_s=0)
+    assert CostTable.load(path).known.sum() == 2 * 64 + 1  # two chunks and the full set
+    resumed = CostTable.load(path, oracle=oracle)
+    oracle.costs = real
+    search.fill_resumably(resumed, path, batch=64, save_every_s=3600)  # saves at the end anyway
+    assert CostTable.load(path).complete

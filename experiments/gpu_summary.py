@@ -1,0 +1,88 @@
+"""Summarise the GPU runs of experiments/gpu_checks.sh that are kept under results/.
+
+Prints, and writes to results/gpu/summary.md:
+- decoding-time ratios of every run (results/gpu/run*/decode_time_cuda.json), with their range;
+- the 4×4 cost table computed on the GPU against the CPU one (largest relative difference,
+  whether the DP optimum is the same order, and the time of each).
+
+    python experiments/gpu_summary.py [--results results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from orderopt.files import atomic_write
+
+RATIOS = {
+    "2x2_over_checkerboard": "2×2 / checkerboard, ŷ decoding",
+    "4x4_over_checkerboard": "4×4 / checkerboard, ŷ decoding",
+    "autoregressive_over_4x4_on_768x512": "autoregressive / 4×4 on 768×512, ŷ decoding",
+    "autoregressive_over_4x4_network_only_on_768x512": "autoregressive / 4×4 on 768×512, context network",
+}
+
+
+def decode_lines(results: Path) -> list[str]:
+    runs = sorted((results / "gpu").glob("run*/decode_time_cuda.json"))
+    if not runs:
+        return ["(no GPU decoding runs)"]
+    data = [json.loads(p.read_text()) for p in runs]
+    head = "| ratio | " + " | ".join(p.parent.name for p in runs) + " | range |"
+    lines = [f"Decoding time on {data[0]['device']}:", "", head, "|---" * (len(runs) + 2) + "|"]
+    for key, label in RATIOS.items():
+        vals = [d["ratios"][key] for d in data]
+        cells = " | ".join(f"{v:.2f}" for v in vals)
+        lines.append(f"| {label} | {cells} | {min(vals):.2f}–{max(vals):.2f} |")
+    for name in data[0]["median_over_images"]:
+        for key, what in (("network_s", "context network"), ("latent_s", "ŷ decoding")):
+            vals = [1e3 * d["median_over_images"][name][key] for d in data]
+            cells = " | ".join(f"{v:.1f}" for v in vals)
+            lines.append(
+                f"| {name}: {what} (ms, median over images) | {cells} | {min(vals):.1f}–{max(vals):.1f} |"
+            )
+    return lines
+
+
+def table_lines(results: Path) -> list[str]:
+    cpu, gpu = results / "search-patch4-dp", results / "search-patch4-dp-cuda"
+    if not (cpu / "costs.npz").is_file() or not (gpu / "costs.npz").is_file():
+        return ["(no CPU/GPU pair of 4×4 DP runs)"]
+    a, b = np.load(cpu / "costs.npz")["table"], np.load(gpu / "costs.npz")["table"]
+    same_nan = bool(np.array_equal(np.isnan(a), np.isnan(b)))
+    rel = float(np.nanmax(np.abs(a - b) / np.abs(a)))
+
+    def best(run: Path) -> str:
+        c = pd.read_csv(run / "candidates.csv")
+        return str(c[c["source"] == "dp"]["order"].iloc[0])
+
+    ma, mb = (json.loads((r / "manifest.json").read_text()) for r in (cpu, gpu))
+    return [
+        f"4×4 cost table (2^16 × 16 entries): {ma['device']} {ma['timings_s']['table_s']:.0f} s, "
+        f"{mb['device']} {mb['timings_s']['table_s']:.1f} s; largest relative difference {rel:.1e} "
+        f"(same undefined entries: {same_nan}); DP optimum on the CPU `{best(cpu)}`, on the GPU "
+        f"`{best(gpu)}` ({'the same' if best(cpu) == best(gpu) else 'DIFFERENT'})."
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default="results", help="results folder")
+    results = Path(p.parse_args().results)
+    text = "\n".join(
+        ["# GPU runs", "", "Regenerate: `python experiments/gpu_summary.py`.", ""]
+        + decode_lines(results)
+        + [""]
+        + table_lines(results)
+    )
+    print(text)
+    (results / "gpu").mkdir(parents=True, exist_ok=True)
+    atomic_write(results / "gpu" / "summary.md", lambda tmp: tmp.write_text(text + "\n"))
+
+
+if __name__ == "__main__":
+    main()
