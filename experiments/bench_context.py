@@ -25,6 +25,7 @@ from orderopt import data
 from orderopt import orders as od
 from orderopt.context import AnyOrderContext, MultistageContext
 from orderopt.costs import ProxyOracle
+from orderopt.devices import torch_device
 from orderopt.files import atomic_write, write_json
 from orderopt.latents import extract_latents
 from orderopt.model import load_model
@@ -54,7 +55,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     args = p.parse_args()
-    device = torch.device(args.device)
+    device = torch_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, meta = load_model()
@@ -120,6 +121,23 @@ def main() -> None:
         f"naive {naive * 1e3:.2f} ms, "
         f"ratio {naive / strided:.1f} (ideal 16); one full conv {full_conv * 1e3:.2f} ms"
     )
+    # Training: forward and backward of every exact form at the shipped training batch.
+    result["training_forms_ms"] = {}
+    for k in (2, 3, 4):
+        model = MultistageContext(od.raster(k), m, c).to(device)
+        yb = torch.randn(16, m, 16, 16, device=device).round()
+        row = {}
+        for form in ("strided", "unfolded", "fused"):
+            fn = getattr(model, f"context_{form}")
+
+            def step(fn=fn, model=model, yb=yb):
+                model.zero_grad(set_to_none=True)
+                with torch.enable_grad():  # main() runs under no_grad
+                    fn(yb).sum().backward()
+
+            row[form] = 1e3 * timed(step, repeat=5, device=device)
+        result["training_forms_ms"][f"{k}x{k}"] = row
+        print(f"{k}×{k} training forward+backward (ms): " + ", ".join(f"{f} {v:.1f}" for f, v in row.items()))
     result["command"] = "python experiments/bench_context.py" + (
         f" --device {args.device}" if device.type != "cpu" else ""
     )
@@ -143,8 +161,15 @@ def main() -> None:
         "the strided form costs "
         f"{ms_r['strided_over_one_conv']:.2f}× one full 5×5 convolution, the fused form (one "
         f"convolution of stride 4) {ms_r['fused_s'] * 1e3:.2f} ms = "
-        f"{ms_r['fused_over_one_conv']:.2f}×. `MultistageContext.context` uses the fused form on "
-        "GPUs and the strided one on CPUs.\n"
+        f"{ms_r['fused_over_one_conv']:.2f}×.\n\n"
+        "Training, forward + backward of the context features (batch 16 of 16×16 latents, ms):\n\n"
+        "| patch | strided | unfolded | fused |\n|---|---|---|---|\n"
+        + "\n".join(
+            f"| {k} | {v['strided']:.1f} | {v['unfolded']:.1f} | {v['fused']:.1f} |"
+            for k, v in result["training_forms_ms"].items()
+        )
+        + "\n\n`MultistageContext.context` uses the fused form on GPUs; on CPUs the strided one, "
+        "except for training patches of 4×4 and more (unfolded).\n"
     )
     atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(text))
 

@@ -29,6 +29,7 @@ import torch
 from orderopt import codec, data
 from orderopt import orders as od
 from orderopt.context import AutoregressiveContext, MultistageContext
+from orderopt.devices import torch_device
 from orderopt.files import atomic_write, write_json
 from orderopt.fit import load_context
 from orderopt.model import load_model
@@ -52,7 +53,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = codec.torch_device(args.device)
+    device = torch_device(args.device, deterministic=True)
     base, meta = load_model()
     base.to(device)
     m, c = base.M, 2 * base.M

@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # The checks and timings that need a CUDA GPU, in one go (a lent GPU's time is short).
-#   [STEPS="tests decode search context"] bash experiments/gpu_checks.sh OUT_DIR
+#   [STEPS="tests decode search context train"] bash experiments/gpu_checks.sh OUT_DIR
 # tests:   the CUDA variants of the tests (exact codec round trips with the networks on the
 #          GPU; GPU cost table and GPU context features equal to the CPU reference);
 # decode:  decoding time with the networks on the GPU -> OUT_DIR/decode_time_cuda.{json,md};
 # search:  the exact 4×4 optimum (DP over the full 2^16 × 16 cost table) with the cost table on
 #          the GPU -> OUT_DIR/search-patch4-dp-cuda (compare with results/search-patch4-dp, CPU);
-# context: rate-engine speed on the GPU -> OUT_DIR/bench_context_cuda.{json,md}.
+# context: rate-engine speed on the GPU -> OUT_DIR/bench_context_cuda.{json,md};
+# train:   context-model training speed on the GPU -> OUT_DIR/bench_train_cuda.{json,md}.
 set -uo pipefail
 out=${1:?usage: gpu_checks.sh OUT_DIR}
-steps=" ${STEPS:-tests decode search context} "
+steps=" ${STEPS:-tests decode search context train} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 if [[ $steps == *" tests "* ]]; then
   timeout 180 python3 -m pytest -q -p no:cacheprovider -k cuda \
-    tests/test_codec.py tests/test_costs.py tests/test_context.py 2>&1 | tail -4
+    tests/test_codec.py tests/test_costs.py tests/test_context.py tests/test_train.py 2>&1 | tail -4
 fi
 if [[ $steps == *" decode "* ]]; then
   timeout 240 python3 experiments/bench_decode.py --device cuda --out "$out" 2>&1 | tail -9
@@ -27,4 +28,7 @@ if [[ $steps == *" search "* ]]; then
 fi
 if [[ $steps == *" context "* ]]; then
   timeout 240 python3 experiments/bench_context.py --device cuda --out "$out" 2>&1 | tail -5
+fi
+if [[ $steps == *" train "* ]]; then
+  timeout 240 python3 experiments/bench_train.py --device cuda --steps 200 --out "$out" 2>&1 | tail -5
 fi

@@ -42,6 +42,7 @@ from PIL import Image
 from . import data
 from . import orders as od
 from .context import AnyOrderContext, AutoregressiveContext, ContextModel, MultistageContext
+from .devices import torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .evaluate import to_uint8
 from .fit import load_context
@@ -434,21 +435,6 @@ def context_for(args, order: od.DecodingOrder | None, header: dict | None = None
     return load_context(path)
 
 
-def torch_device(name: str) -> torch.device:
-    """A usable torch device from its name; deterministic kernels on CUDA, so that the encoder
-    and the decoder compute bit-identical Gaussian parameters."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu or cuda") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name} is not available here (no CUDA GPU); use --device cpu")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    return device
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m orderopt.codec",
@@ -482,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = torch_device(args.device)
+    device = torch_device(args.device, deterministic=True)
     base, meta = load_model(args.model)
     base.to(device)
     if args.command == "encode":

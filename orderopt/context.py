@@ -136,10 +136,33 @@ class MultistageContext(ContextModel):
         out = out.view(b, k, k, self.ctx_channels, hk, wk).permute(0, 3, 4, 1, 5, 2)
         return out.reshape(b, self.ctx_channels, hk * k, wk * k)[:, :, :h, :w]
 
+    def context_unfolded(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """Context features as one batched matrix product: the K×K neighbourhoods of all
+        latents (unfold), grouped by in-patch position, times each position's kernel. The same
+        FLOPs as one convolution; on CPUs its backward pass is faster than that of k² tiny
+        strided convolutions for 4×4 patches, so training uses it there."""
+        k, half = self.order.patch, self.kernel_size // 2
+        b, m, h, w = y_hat.shape
+        ph, pw = (-h) % k, (-w) % k
+        cols = F.unfold(F.pad(y_hat, (half, half + pw, half, half + ph)), self.kernel_size)
+        hk, wk = (h + ph) // k, (w + pw) // k
+        cols = cols.view(b, -1, hk, k, wk, k).permute(3, 5, 0, 2, 4, 1).reshape(k * k, b * hk * wk, -1)
+        out = torch.baddbmm(self.bias[:, None, :], cols, self.masked_weight().flatten(2).transpose(1, 2))
+        out = out.view(k, k, b, hk, wk, self.ctx_channels).permute(2, 5, 3, 0, 4, 1)
+        return out.reshape(b, self.ctx_channels, hk * k, wk * k)[:, :, :h, :w]
+
     def context(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """Context features: the fused single convolution on GPUs, the strided form elsewhere
-        (on CPUs the k² strided convolutions do the fewest FLOPs and are fastest)."""
-        return self.context_fused(y_hat) if y_hat.is_cuda else self.context_strided(y_hat)
+        """Context features, by whichever exact form is fastest where it runs (all equal
+        :meth:`context_naive`): the fused single convolution on GPUs; on CPUs the k² strided
+        convolutions (fewest FLOPs), except when training patches of 4×4 and more, where the
+        backward pass of the tiny strided convolutions is slow and the unfolded matrix product
+        is faster (``experiments/bench_context.py`` times every form, forward and backward)."""
+        if y_hat.is_cuda:
+            return self.context_fused(y_hat)
+        training = torch.is_grad_enabled() and (y_hat.requires_grad or self.weight.requires_grad)
+        if training and self.order.patch >= 4:
+            return self.context_unfolded(y_hat)
+        return self.context_strided(y_hat)
 
     def context_strided(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Context features, one strided convolution per in-patch position."""

@@ -236,6 +236,7 @@ def dedicated_rate(
     checkpoint: Path | None = None,
     progress: bool = True,
     init: AnyOrderContext | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Train the dedicated context model of ``spec`` (an order, or ``"autoregressive"``) on
     ``train`` with ``config`` (a :class:`~orderopt.fit.FitConfig`) and measure ``held_out``.
@@ -260,8 +261,19 @@ def dedicated_rate(
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
     start = None
     if init is not None:
-        init_from_proxy(model, init)
+        init_from_proxy(model, init)  # on the CPU, where the proxy was loaded
+    model.to(device)
+    if init is not None:
         start = measure(model, held_out)["bits_per_latent"]
-    fit_context(model, train, config, checkpoint=checkpoint, meta=meta, progress=progress, desc=str(spec))
+    fit_context(
+        model,
+        train,
+        config,
+        checkpoint=checkpoint,
+        meta=meta,
+        progress=progress,
+        desc=str(spec),
+        device=device,
+    )
     out = measure(model, held_out)
     return out if start is None else {**out, "start_bits_per_latent": start}

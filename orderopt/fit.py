@@ -90,7 +90,7 @@ def loss_bits(model: ctxm.ContextModel, y: torch.Tensor, h: torch.Tensor, rng: n
     """Mean bits per latent element of a batch; for the proxy, over the undecoded latents."""
     if isinstance(model, ctxm.AnyOrderContext):
         subsets = random_subsets(model.patch, y.shape[0], rng)
-        mask = torch.stack([ctxm.subset_mask(s, model.patch, *y.shape[2:]) for s in subsets])[:, None]
+        mask = torch.stack([ctxm.subset_mask(s, model.patch, *y.shape[2:]) for s in subsets])[:, None].to(y)
         means, scales = model.forward_masked(y, h, mask)
         todo = 1 - mask
         return (gaussian_bits(y, means, scales) * todo).sum() / (todo.sum() * y.shape[1])
@@ -134,8 +134,10 @@ def fit_context(
     progress: bool = True,
     desc: str = "fit",
     on_step: Callable[[int], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> ctxm.ContextModel:
-    """Train ``model`` on random latent crops (Adam, lr ÷10 for the last 20% of steps).
+    """Train ``model`` on random latent crops (Adam, lr ÷10 for the last 20% of steps), on
+    ``device`` (the model is moved there; crops are drawn on the CPU and moved per step).
 
     With ``checkpoint`` the state is saved every 100 steps and training resumes from it.
     ``on_step(step)`` is called after every optimizer step (1-based), e.g. to measure a
@@ -144,6 +146,7 @@ def fit_context(
     torch.manual_seed(config.seed)
     crops = LatentCrops(train, config.crop, config.seed)
     rng = np.random.default_rng(config.seed + 1)
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = 0
     if checkpoint is not None and checkpoint.is_file():
@@ -174,7 +177,7 @@ def fit_context(
         lr = config.lr if step < 0.8 * config.steps else config.lr * 0.1
         for g in opt.param_groups:
             g["lr"] = lr
-        y, h = crops.sample(config.batch)
+        y, h = (t.to(device, non_blocking=True) for t in crops.sample(config.batch))
         loss = loss_bits(model, y, h, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,12 +201,13 @@ def measure(model: ctxm.ContextModel, latents: LatentSet) -> dict:
     """Held-out rate of a (non-proxy) context model on whole latents.
 
     Returns total bits of ŷ, bits per latent element, bpp of ŷ and total bpp with ẑ, and the
-    per-image bpp (for spreads).
+    per-image bpp (for spreads). Runs on the model's device.
     """
     model.eval()
+    device = next(model.parameters()).device
     bits, elements, pixels, z_bits, per_image = 0.0, 0, 0, 0.0, []
     for e in latents.entries:
-        b = float(model.bits(e.y_hat[None], e.hyper[None]).sum())
+        b = float(model.bits(e.y_hat[None].to(device), e.hyper[None].to(device)).sum())
         bits += b
         elements += e.y_hat.numel()
         pixels += e.num_pixels

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from . import data, strategies
 from . import orders as od
 from .costs import CostTable, ProxyOracle, bitmask, dedicated_rate
+from .devices import device_name, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write, write_json
 from .fit import FitConfig, load_context, measure
@@ -142,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of dedicated models and results, shareable between runs (default: RUN_DIR/dedicated)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna, random orders and dedicated training")
-    p.add_argument("--device", default="auto", help="torch device for the cost table: auto, cpu, cuda")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device for the cost table and the --verify training: auto (a CUDA GPU if present), "
+        "cpu, cuda",
+    )
     p.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")
     return p
 
@@ -434,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--storage and --study are for --strategy optuna")
     if args.storage:
         check_storage(args.storage)
+    device = torch_device(args.device)
     out = Path(args.out or f"runs/patch{args.patch}-{strategy}")
     manifest_path = out / "manifest.json"
     key = settings_key(args)
@@ -450,7 +457,6 @@ def main(argv: list[str] | None = None) -> int:
     if h < args.patch or w < args.patch:
         raise UserError(f"latents of {h}×{w} are smaller than the {args.patch}×{args.patch} patch")
     proxy, proxy_meta = find_proxy(args, lat)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     costs_path = out / "costs.npz"
     oracle = ProxyOracle(proxy, lat, device=device)
     meta = {"model_hash": lat.model_hash, "images_hash": lat.images_hash, "proxy_hash": proxy_meta["hash"]}
@@ -477,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     table.fill(sorted(needed), progress=True)  # one batched pass for every order still to score
     table.save(costs_path)
     held_out_path = str(args.latents or inputs["latent_cache"])
-    dedicated = verify(args, found, table, lat, held_out_path, out) if args.verify else {}
+    dedicated = verify(args, found, table, lat, held_out_path, out, device) if args.verify else {}
     ded_ar = shipped_autoregressive(lat)
     if ded_ar is not None and "autoregressive" not in dedicated:
         dedicated["autoregressive"] = ded_ar
@@ -530,12 +536,6 @@ def main(argv: list[str] | None = None) -> int:
     print_table(df)
     print(f"\n{len(df)} rows -> {out / 'candidates.csv'} ({manifest['timings_s']['total_s']:.1f} s)")
     return 0
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def check_storage(url: str) -> None:
@@ -607,8 +607,9 @@ def init_label(proxy: tuple | None) -> str:
 _WORKER: dict = {}
 
 
-def _worker_init(train_path: str, held_out_path: str, proxy_path: str | None) -> None:
+def _worker_init(train_path: str, held_out_path: str, proxy_path: str | None, device: str) -> None:
     torch.set_num_threads(1)  # one core per worker: J workers use J cores without oversubscription
+    _WORKER["device"] = torch.device(device)
     _WORKER["train"] = load_latents(train_path)
     _WORKER["held_out"] = load_latents(held_out_path)
     _WORKER["proxy"] = load_context(proxy_path) if proxy_path else None
@@ -616,7 +617,9 @@ def _worker_init(train_path: str, held_out_path: str, proxy_path: str | None) ->
 
 def _worker_train(name: str, cfg: FitConfig, folder: str) -> tuple[str, dict]:
     w = _WORKER
-    return name, _train_dedicated(name, w["train"], w["held_out"], cfg, Path(folder), False, w["proxy"])
+    return name, _train_dedicated(
+        name, w["train"], w["held_out"], cfg, Path(folder), False, w["proxy"], w["device"]
+    )
 
 
 def _train_dedicated(
@@ -627,6 +630,7 @@ def _train_dedicated(
     folder: Path,
     progress: bool,
     proxy: tuple | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
     spec = named[name] if name in named else od.DecodingOrder.parse(name)
@@ -639,14 +643,20 @@ def _train_dedicated(
     if ckpt.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) != identity):
         ckpt.unlink()  # another training set, proxy or budget: never resume from it
     write_json(identity, stamp)
-    res = dedicated_rate(spec, train, held_out, cfg, ckpt, progress, init=init)
-    record = {**identity, **res, "train_s": round(time.time() - t0, 1)}
+    res = dedicated_rate(spec, train, held_out, cfg, ckpt, progress, init=init, device=device)
+    record = {**identity, **res, "train_s": round(time.time() - t0, 1), "device": str(device)}
     write_json(record, folder / f"{stem}.json")
     return record
 
 
 def verify(
-    args, found: dict, table: CostTable, lat: LatentSet, held_out_path: str, out: Path
+    args,
+    found: dict,
+    table: CostTable,
+    lat: LatentSet,
+    held_out_path: str,
+    out: Path,
+    device: str | torch.device = "cpu",
 ) -> dict[str, dict]:
     """Dedicated models for :func:`verify_specs`, all under one budget (``--verify-steps``,
     ``--seed``), ``--jobs`` at a time. Each model and result is saved as it finishes, in
@@ -682,7 +692,7 @@ def verify(
             args.jobs,
             mp_context=ctx,
             initializer=_worker_init,
-            initargs=(str(train_path), held_out_path, proxy_path),
+            initargs=(str(train_path), held_out_path, proxy_path, str(device)),
         ) as pool:
             futures = [pool.submit(_worker_train, name, cfg, str(folder)) for name in todo]
             for fut in tqdm(as_completed(futures), total=len(futures), desc="dedicated", unit="model"):
@@ -690,7 +700,7 @@ def verify(
                 results[name] = rec
     else:
         for name in todo:
-            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy)
+            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy, device)
     return results
 
 

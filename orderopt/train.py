@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
+from .devices import torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import save_torch
 from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
@@ -30,8 +31,10 @@ def validate(model: HyperpriorCodec, images: list[torch.Tensor]) -> dict[str, fl
     """Mean bpp (from the likelihoods, ŷ = round(y)) and PSNR over whole images."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     bpps, psnrs = [], []
     for x in images:
+        x = x.to(device)
         xp, size = data.pad_to_multiple(x[None])
         out = model(xp)
         npix = size[0] * size[1]
@@ -49,6 +52,7 @@ def _lr_at(step: int, total: int, lr: float) -> float:
 
 
 def train_base(args: argparse.Namespace) -> int:
+    device = torch_device(args.device)
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,7 +64,7 @@ def train_base(args: argparse.Namespace) -> int:
         else []
     )
     sampler = data.CropSampler(train_paths, size=args.crop, seed=args.seed)
-    model = HyperpriorCodec(args.N, args.M)
+    model = HyperpriorCodec(args.N, args.M).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step, history = 0, []
     if out.exists():
@@ -114,7 +118,7 @@ def train_base(args: argparse.Namespace) -> int:
     while step < args.steps:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, args.steps, args.lr)
-        x = sampler.sample(args.batch)
+        x = sampler.sample(args.batch).to(device, non_blocking=True)
         losses = rd_loss(model(x), x, args.lmbda)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -175,6 +179,7 @@ def train_context(args: argparse.Namespace) -> int:
     from .files import write_json
     from .fit import FitConfig, build_context, fit_context, measure
 
+    device = torch_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     chosen = [args.order is not None, args.kind is not None, args.proxy]
@@ -206,9 +211,9 @@ def train_context(args: argparse.Namespace) -> int:
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
     config = FitConfig(steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed)
     out = Path(args.out)
-    fit_context(model, train, config, checkpoint=out, meta=meta, desc=f"train {meta['kind']}")
+    fit_context(model, train, config, checkpoint=out, meta=meta, desc=f"train {meta['kind']}", device=device)
     if args.proxy:
-        table = CostTable.from_oracle(ProxyOracle(model, held))
+        table = CostTable.from_oracle(ProxyOracle(model, held, device=device))
         refs = {"raster": orders.raster(args.patch), **orders.published_orders(args.patch)}
         result = {
             name: {"order": str(o), "bits_per_latent": table.bits_per_latent(o), "bpp": table.bpp(o)}
@@ -262,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--val-every", type=int, default=1000, help="validation interval in steps")
     b.add_argument("--ckpt-every", type=int, default=200, help="checkpoint interval in steps")
     b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    b.add_argument("--device", default="auto", help="torch device: auto (a CUDA GPU if present), cpu, cuda")
     b.set_defaults(func=train_base)
     e = sub.add_parser(
         "export", help="write fp16 shipped weights from a training checkpoint", formatter_class=fmt
@@ -293,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--seed", type=int, default=0, help="random seed")
     c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    c.add_argument("--device", default="auto", help="torch device: auto (a CUDA GPU if present), cpu, cuda")
     c.add_argument(
         "--out", required=True, help="checkpoint (resumed from when it exists); results go to .json beside it"
     )

@@ -9,6 +9,7 @@ from PIL import Image
 from orderopt import codec, data
 from orderopt import orders as o
 from orderopt.context import AnyOrderContext, AutoregressiveContext, MultistageContext
+from orderopt.devices import torch_device
 from orderopt.errors import UserError
 from orderopt.fit import load_context, save_context
 from orderopt.model import load_model
@@ -75,7 +76,7 @@ def contexts(tmp_path):
 @pytest.mark.parametrize("device", DEVICES)
 def test_round_trips_are_exact(tmp_path, base, image, device):
     model, meta = base
-    device = codec.torch_device(device)  # deterministic kernels on GPUs, as the command line uses
+    device = torch_device(device, deterministic=True)  # as the command line does
     model.to(device)
     with torch.no_grad():
         expected = data.crop_to(

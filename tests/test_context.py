@@ -117,15 +117,21 @@ def test_strided_and_fused_equal_naive(order, size):
     naive = model.context_naive(y)
     torch.testing.assert_close(model.context_strided(y), naive, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model.context_fused(y), naive, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.context_unfolded(y), naive, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # the cached fused kernel gives the same
         torch.testing.assert_close(model.context_fused(y), naive, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_form_trains():
-    """Gradients flow through the fused kernel to the weights, only through unmasked taps."""
+@pytest.mark.parametrize("form", ["strided", "fused", "unfolded"])
+def test_every_form_gives_the_same_gradients(form):
+    """Training through any form gives the naive form's gradients, none on masked taps."""
     model = randomize(MultistageContext(o.paper_order(2), M, CH))
-    model.context_fused(torch.randn(1, M, 6, 6)).sum().backward()
-    assert model.weight.grad is not None
+    y = torch.randn(2, M, 7, 6)
+    model.context_naive(y).square().sum().backward()
+    want = model.weight.grad.clone()
+    model.zero_grad()
+    getattr(model, f"context_{form}")(y).square().sum().backward()
+    torch.testing.assert_close(model.weight.grad, want, rtol=1e-4, atol=1e-4)
     assert torch.all(model.weight.grad[model.mask.expand_as(model.weight) == 0] == 0)
 
 

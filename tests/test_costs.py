@@ -104,20 +104,22 @@ def test_latents_smaller_than_patch_rejected(proxy2):
         ProxyOracle(proxy2, tiny)
 
 
-def test_proxy_and_dedicated_training_learn():
+@pytest.mark.parametrize("device", DEVICES)
+def test_proxy_and_dedicated_training_learn(device):
     train, held = random_latents(6, seed=1), random_latents(3, seed=2)
     cfg = FitConfig(steps=60, batch=4, crop=4, lr=3e-3, seed=0)
     torch.manual_seed(0)
     proxy = AnyOrderContext(2, M, CH)
-    before = CostTable.from_oracle(ProxyOracle(proxy.eval(), held)).rate(o.raster(2))
-    fit_context(proxy, train, cfg, progress=False)
-    after = CostTable.from_oracle(ProxyOracle(proxy, held)).rate(o.raster(2))
+    before = CostTable.from_oracle(ProxyOracle(proxy.eval(), held, device=device)).rate(o.raster(2))
+    fit_context(proxy, train, cfg, progress=False, device=device)
+    after = CostTable.from_oracle(ProxyOracle(proxy, held, device=device)).rate(o.raster(2))
     assert after < before
     torch.manual_seed(0)
-    untrained = measure(MultistageContext(o.raster(2), M, CH), held)
-    r = dedicated_rate(o.raster(2), train, held, cfg, progress=False)
+    untrained = measure(MultistageContext(o.raster(2), M, CH).to(device), held)
+    r = dedicated_rate(o.raster(2), train, held, cfg, progress=False, init=proxy.cpu(), device=device)
     assert 0 < r["bits_per_latent"] < untrained["bits_per_latent"] and len(r["images"]) == 3
-    ar = dedicated_rate("autoregressive", train, held, cfg, progress=False)
+    assert r["bits_per_latent"] <= r["start_bits_per_latent"]
+    ar = dedicated_rate("autoregressive", train, held, cfg, progress=False, device=device)
     assert ar["bits"] > 0
     with pytest.raises(ValueError, match="unknown dedicated"):
         dedicated_rate("zigzag", train, held, cfg, progress=False)

@@ -230,6 +230,7 @@ def test_verify_trains_dedicated_models(setup, image_dir):
             "cannot open Optuna storage",
         ),
         (["--storage", "sqlite:///x.db"], "for --strategy optuna"),
+        (["--device", "tpu"], "unknown device"),
     ],
 )
 def test_cli_errors(args, message, tmp_path):

@@ -1,10 +1,13 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from orderopt import train
 from orderopt.model import read_checkpoint
+
+from .conftest import DEVICES
 
 
 def run(*args):
@@ -112,3 +115,19 @@ def test_init_continues_from_exported_weights(tmp_path, image_dir):
     cont = tmp_path / "b.pt"
     assert train.main([*base_args(image_dir, cont, 3), "--init", str(shipped)]) == 0
     assert read_checkpoint(cont)["train_state"]["step"] == 3  # continued at step 2, one more step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_runs_and_resumes_on_device(tmp_path, tiny_ckpt, image_dir, device):
+    """--device moves training there; checkpoints hold CPU tensors and resume on the device."""
+    out = tmp_path / "b.pt"
+    assert train.main([*base_args(image_dir, out, 1), "--device", device]) == 0
+    assert train.main([*base_args(image_dir, out, 2), "--device", device]) == 0  # resumes
+    ckpt = read_checkpoint(out)
+    assert ckpt["training"]["steps"] == 2
+    assert all(v.device.type == "cpu" for v in ckpt["state_dict"].values())
+    ctx = tmp_path / "ctx.pt"
+    args = ["context", "--train-images", str(image_dir), "--eval-images", str(image_dir)]
+    args += ["--model", str(tiny_ckpt), "--cache-dir", str(tmp_path / "cache"), "--steps", "2"]
+    args += ["--batch", "2", "--crop", "4", "--proxy", "--out", str(ctx), "--device", device]
+    assert train.main(args) == 0

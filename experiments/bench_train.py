@@ -1,0 +1,89 @@
+"""Training speed of the context models at the shipped configuration (batch 16, 16×16 crops).
+
+Steps per second of the 2×2 and 4×4 proxies, 2×2 and 4×4 multistage models and the autoregressive
+model, trained on the embedded photographs' latents (speed does not depend on which latents),
+after a few warm-up steps. Answers "how long would --verify or a longer proxy take here".
+
+Writes results/bench_train.{json,md} (``bench_train_cuda.*`` with --device cuda).
+    python experiments/bench_train.py [--steps 40] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from orderopt import data
+from orderopt import orders as od
+from orderopt.devices import device_name, torch_device
+from orderopt.files import atomic_write, write_json
+from orderopt.fit import FitConfig, build_context, fit_context
+from orderopt.latents import extract_latents
+from orderopt.model import load_model
+
+MODELS = {
+    "proxy 2x2": ("anyorder", None, 2),
+    "proxy 4x4": ("anyorder", None, 4),
+    "multistage 2x2 (paper)": ("multistage", str(od.paper_order(2)), None),
+    "multistage 4x4 (paper)": ("multistage", str(od.paper_order(4)), None),
+    "autoregressive": ("autoregressive", None, None),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=40, help="timed optimisation steps per model")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--out", default="results", help="output folder")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch_device(args.device)
+    base, meta = load_model()
+    lat = extract_latents(base, data.load_images(None), meta["hash"], progress=False)
+    m, c = lat.latent_channels, lat.hyper_channels
+    rows = {}
+    for name, (kind, order, patch) in MODELS.items():
+        model = build_context(kind, m, c, order=order, patch=patch)
+        fit_context(model, lat, FitConfig(steps=5), progress=False, device=device)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        fit_context(model, lat, FitConfig(steps=args.steps, seed=1), progress=False, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rate = args.steps / (time.perf_counter() - t)
+        rows[name] = {"steps_per_s": rate, "seconds_per_1000_steps": 1000 / rate}
+        print(f"{name:24s} {rate:8.1f} steps/s ({1000 / rate:.0f} s per 1,000 steps)")
+    stem = "bench_train" if device.type == "cpu" else f"bench_train_{device.type}"
+    command = "python experiments/bench_train.py" + (
+        f" --device {args.device}" if device.type != "cpu" else ""
+    )
+    cfg = FitConfig()
+    result = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "config": {"batch": cfg.batch, "crop": cfg.crop, "steps": args.steps},
+        "models": rows,
+        "command": command,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / f"{stem}.json")
+    table = "\n".join(
+        f"| {k} | {v['steps_per_s']:.1f} | {v['seconds_per_1000_steps']:.0f} |" for k, v in rows.items()
+    )
+    text = (
+        f"# Context-model training speed ({result['device']}, torch {result['torch']})\n\n"
+        f"Regenerate: `{command}`. Batch {cfg.batch} crops of {cfg.crop}×{cfg.crop} latents, "
+        f"{args.steps} timed steps after 5 warm-up steps.\n\n"
+        "| model | steps/s | s per 1,000 steps |\n|---|---|---|\n" + table + "\n"
+    )
+    atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(text))
+
+
+if __name__ == "__main__":
+    main()

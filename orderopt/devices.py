@@ -1,0 +1,43 @@
+"""Torch devices from command-line names: checked, with one-line errors for bad ones."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from .errors import UserError
+
+
+def torch_device(name: str = "auto", deterministic: bool = False) -> torch.device:
+    """The device called ``name`` (auto: a CUDA GPU if there is one, else the CPU).
+
+    ``deterministic`` asks cuDNN for deterministic kernels, so that two runs (an encoder and
+    its decoder) compute bit-identical results on the same GPU.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda (or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r} is not supported; use auto, cpu or cuda (or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} is not available here (no CUDA GPU); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise UserError(f"device {name} does not exist: this machine has {count} GPU(s)")
+        if deterministic:
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+    return device
+
+
+def device_name(device: str | torch.device) -> str:
+    """A readable name for results files: the GPU's model, or the CPU and its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
