@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The checks and timings that need a CUDA GPU, in one go (a lent GPU's time is short).
-#   [STEPS="tests decode search context train"] bash experiments/gpu_checks.sh OUT_DIR
+#   [STEPS="tests decode search context train verify"] bash experiments/gpu_checks.sh OUT_DIR
 # tests:   the CUDA variants of the tests (exact codec round trips with the networks on the
 #          GPU; GPU cost table and GPU context features equal to the CPU reference);
 # decode:  decoding time with the networks on the GPU -> OUT_DIR/decode_time_cuda.{json,md};
 # search:  the exact 4×4 optimum (DP over the full 2^16 × 16 cost table) with the cost table on
 #          the GPU -> OUT_DIR/search-patch4-dp-cuda (compare with results/search-patch4-dp, CPU);
 # context: rate-engine speed on the GPU -> OUT_DIR/bench_context_cuda.{json,md};
-# train:   context-model training speed on the GPU -> OUT_DIR/bench_train_cuda.{json,md}.
+# train:   context-model training speed on the GPU -> OUT_DIR/bench_train_cuda.{json,md};
+# verify:  end to end, `search --patch 2 --verify 2` with the dedicated models trained on the
+#          GPU (on the embedded photographs, 300 steps: a smoke run, not a verification).
 set -uo pipefail
 out=${1:?usage: gpu_checks.sh OUT_DIR}
-steps=" ${STEPS:-tests decode search context train} "
+steps=" ${STEPS:-tests decode search context train verify} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi -L
@@ -31,4 +33,12 @@ if [[ $steps == *" context "* ]]; then
 fi
 if [[ $steps == *" train "* ]]; then
   timeout 240 python3 experiments/bench_train.py --device cuda --steps 200 --out "$out" 2>&1 | tail -5
+fi
+if [[ $steps == *" verify "* ]]; then
+  python3 -c "
+import os; from PIL import Image; from orderopt import data; from orderopt.evaluate import to_uint8
+os.makedirs('/tmp/photos', exist_ok=True)
+for im in data.load_images(None): Image.fromarray(to_uint8(im.image)).save(f'/tmp/photos/{im.name}.png')"
+  ( time timeout 300 python3 -m orderopt.search --patch 2 --verify 2 --device cuda --train-images /tmp/photos \
+      --verify-steps 300 --out "$out/verify-smoke" --cache-dir /tmp/orderopt-cache ) 2>&1 | tail -16
 fi

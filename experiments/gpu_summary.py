@@ -2,6 +2,7 @@
 
 Prints, and writes to results/gpu/summary.md:
 - decoding-time ratios of every run (results/gpu/run*/decode_time_cuda.json), with their range;
+- context-model training speed of every run (results/gpu/run*/bench_train_cuda.json);
 - the 4×4 cost table computed on the GPU against the CPU one (largest relative difference,
   whether the DP optimum is the same order, and the time of each).
 
@@ -48,6 +49,24 @@ def decode_lines(results: Path) -> list[str]:
     return lines
 
 
+def train_lines(results: Path) -> list[str]:
+    runs = sorted((results / "gpu").glob("run*/bench_train_cuda.json"))
+    if not runs:
+        return ["(no GPU training runs)"]
+    data = [json.loads(p.read_text())["models"] for p in runs]
+    lines = [
+        "Context-model training speed on the GPU (steps/s):",
+        "",
+        "| model | " + " | ".join(p.parent.name for p in runs) + " | range |",
+        "|---" * (len(runs) + 2) + "|",
+    ]
+    for name in data[-1]:
+        vals = [d[name]["steps_per_s"] for d in data if name in d]
+        cells = " | ".join(f"{d[name]['steps_per_s']:.1f}" if name in d else "–" for d in data)
+        lines.append(f"| {name} | {cells} | {min(vals):.1f}–{max(vals):.1f} |")
+    return lines
+
+
 def table_lines(results: Path) -> list[str]:
     cpu, gpu = results / "search-patch4-dp", results / "search-patch4-dp-cuda"
     if not (cpu / "costs.npz").is_file() or not (gpu / "costs.npz").is_file():
@@ -76,6 +95,8 @@ def main() -> None:
     text = "\n".join(
         ["# GPU runs", "", "Regenerate: `python experiments/gpu_summary.py`.", ""]
         + decode_lines(results)
+        + [""]
+        + train_lines(results)
         + [""]
         + table_lines(results)
     )

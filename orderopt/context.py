@@ -126,8 +126,8 @@ class MultistageContext(ContextModel):
     def context_fused(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Context features as ONE convolution of stride k with the :meth:`fused_weight`
         kernel, then a pixel shuffle back to (H, W): (k+K−1)²/K² the FLOPs of one 5×5
-        convolution (2.6× for 4×4) in a single kernel launch. On GPUs, where k² small
-        launches cost more than the arithmetic, this beats :meth:`context_strided`."""
+        convolution (2.6× for 4×4) in a single kernel launch. On an H100 it beats k² strided
+        launches but not :meth:`context_unfolded`; kept as a measured alternative."""
         k, half = self.order.patch, self.kernel_size // 2
         b, _, h, w = y_hat.shape
         padded = F.pad(y_hat, (half, half + (-w) % k, half, half + (-h) % k))
@@ -153,16 +153,18 @@ class MultistageContext(ContextModel):
 
     def context(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Context features, by whichever exact form is fastest where it runs (all equal
-        :meth:`context_naive`): the fused single convolution on GPUs; on CPUs the k² strided
-        convolutions (fewest FLOPs), except when training patches of 4×4 and more, where the
-        backward pass of the tiny strided convolutions is slow and the unfolded matrix product
-        is faster (``experiments/bench_context.py`` times every form, forward and backward)."""
+        :meth:`context_naive`; ``experiments/bench_context.py`` times every form): on GPUs the
+        unfolded matrix product (one launch, for inference and training); on CPUs the k²
+        strided convolutions (fewest FLOPs), except when training patches of 4×4 and more,
+        where their backward pass is slow and the unfolded form is faster."""
         if y_hat.is_cuda:
-            return self.context_fused(y_hat)
-        training = torch.is_grad_enabled() and (y_hat.requires_grad or self.weight.requires_grad)
-        if training and self.order.patch >= 4:
             return self.context_unfolded(y_hat)
-        return self.context_strided(y_hat)
+        training = torch.is_grad_enabled() and (y_hat.requires_grad or self.weight.requires_grad)
+        return (
+            self.context_unfolded(y_hat)
+            if training and self.order.patch >= 4
+            else self.context_strided(y_hat)
+        )
 
     def context_strided(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Context features, one strided convolution per in-patch position."""

@@ -525,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                     "config",
                     "train_s",
                     "init",
+                    "device",
                 )
                 if k in rec
             }
