@@ -12,6 +12,11 @@ BSDS=${1:-../shared/datasets/bsds500}
 python experiments/base_vs_jpeg.py --out results
 python experiments/bench_context.py --out results
 python experiments/bench_decode.py --out results
+python experiments/bench_train.py --out results
+python experiments/coder_throughput.py --out results
+python experiments/tabulated_coder_probe.py --out results
+# GPU figures: `bash experiments/gpu_checks.sh OUT` on a GPU machine; copy OUT's files to results/
+# and results/gpu/runN, then `python experiments/gpu_summary.py`
 # training latents (BSDS500 train + test) and unseen latents of the same domain (val)
 python -m orderopt.latents --images "$BSDS/train" "$BSDS/test" --out checkpoints/context/train_latents.pt
 python -m orderopt.latents --images "$BSDS/val" --out checkpoints/context/val_latents.pt
@@ -26,6 +31,7 @@ python experiments/finetune_probe.py --order raster4 --steps 1000 --every 250 --
 HELD_OUT=checkpoints/context/val_latents.pt STEPS_OVERRIDE=500 RANDOM_ORDERS=20 \
     bash experiments/verify_search.sh proxy
 python -m orderopt.search --patch 4 --strategy greedy --random 200 --out results/search-patch4 --force
+GPU_TIMES=$( [ -f results/decode_time_cuda.json ] && echo results/decode_time_cuda.json || true )
 python -m orderopt.report results/search-patch2-from-proxy-bsdsval results/search-patch4-from-proxy-bsdsval \
     results/search-patch2-from-proxy results/search-patch4 results/search-patch2 --out results/report \
-    --decode-time results/decode_time.json
+    --decode-time results/decode_time.json $GPU_TIMES

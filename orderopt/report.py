@@ -10,13 +10,15 @@ the first run directory (or ``--out``): ``report.md`` and the PNG figures it emb
 - ``proxy_vs_dedicated.png``: proxy against dedicated rates with rank correlations;
 - ``tradeoff.png``: rate against serial decoding stages (the rate/latency trade-off);
 - ``random.png`` (k ≥ 3): the distribution of the rates of random orders;
-- ``decode_time.png`` (with ``--decode-time``): rate against measured ŷ decoding time.
+- ``decode_time.png`` (with ``--decode-time``): rate against measured ŷ decoding time, one
+  panel per benchmark file (CPU and GPU, say).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -368,24 +370,32 @@ def decode_time_points(runs: list[Run], timing: dict) -> list[tuple[float, float
     return [p for p in pts if np.isfinite(p[1])]
 
 
-def fig_decode_time(runs: list[Run], timing: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def fig_decode_time(runs: list[Run], timings: list[dict], path: Path) -> None:
+    """One panel per decoding-time benchmark (a CPU and a GPU one, say), rates shared."""
+    fig, axes = plt.subplots(1, len(timings), figsize=(7 * len(timings), 4.8), sharey=True, squeeze=False)
     styles = {"baseline": ("o", "tab:gray"), "paper": ("s", "tab:red"), "best": ("*", "tab:green")}
-    seen = set()
-    for ms, bpp, label, kind in decode_time_points(runs, timing):
-        marker, color = styles[kind]
-        legend = {"baseline": "baselines", "paper": "paper's order", "best": "best order found"}[kind]
-        ax.plot(ms, bpp, marker, color=color, ms=9, label=None if kind in seen else legend)
-        seen.add(kind)
-        ax.annotate(
-            label, (ms, bpp), fontsize=7, xytext=(5, 4 if kind != "best" else -10), textcoords="offset points"
+    for ax, timing in zip(axes[0], timings, strict=True):
+        seen = set()
+        for ms, bpp, label, kind in decode_time_points(runs, timing):
+            marker, color = styles[kind]
+            legend = {"baseline": "baselines", "paper": "paper's order", "best": "best order found"}[kind]
+            ax.plot(ms, bpp, marker, color=color, ms=9, label=None if kind in seen else legend)
+            seen.add(kind)
+            ax.annotate(
+                label,
+                (ms, bpp),
+                fontsize=7,
+                xytext=(5, 4 if kind != "best" else -10),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("ŷ decoding time (ms, median over images, log scale)")
+        ax.set_title(
+            "Rate against decoding time\n" + textwrap.fill(str(timing.get("device", "?")), 60), fontsize=9
         )
-    ax.set_xscale("log")
-    ax.set_xlabel("ŷ decoding time (ms, median over images, log scale)")
-    ax.set_ylabel("rate (bits per pixel, ŷ and ẑ)")
-    ax.set_title(f"Rate against decoding time ({timing.get('device', '?')})")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("rate (bits per pixel, ŷ and ẑ)")
     save_figure(fig, path)
 
 
@@ -461,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.md and figures (default: the first run directory)")
     p.add_argument(
         "--decode-time",
-        help="decode_time.json of experiments/bench_decode.py: adds rate against measured decoding "
-        "time (default: none)",
+        nargs="+",
+        help="decode_time*.json of experiments/bench_decode.py (several: one panel each, e.g. CPU "
+        "and GPU): adds rate against measured decoding time (default: none)",
     )
     return p
 
@@ -470,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runs = [Run(p) for p in (args.runs or [latest_run()])]
-    timing = load_decode_time(args.decode_time, runs) if args.decode_time else None
+    timings = [load_decode_time(p, runs) for p in args.decode_time or []]
     out = Path(args.out) if args.out else runs[0].path
     out.mkdir(parents=True, exist_ok=True)
     fig_gains(runs, out / "gains.png")
@@ -487,8 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(("Proxy against dedicated", "proxy_vs_dedicated.png"))
     if fig_random(runs, out / "random.png"):
         figures.append(("Random orders", "random.png"))
-    if timing is not None:
-        fig_decode_time(runs, timing, out / "decode_time.png")
+    if timings:
+        fig_decode_time(runs, timings, out / "decode_time.png")
         figures.insert(1, ("Rate against measured decoding time", "decode_time.png"))
     lines = [
         "# orderopt report",
@@ -496,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         "Regenerate: `python -m orderopt.report "
         + " ".join(str(r.path) for r in runs)
         + (f" --out {args.out}" if args.out else "")
-        + (f" --decode-time {args.decode_time}" if args.decode_time else "")
+        + (" --decode-time " + " ".join(args.decode_time) if args.decode_time else "")
         + "`.",
         "",
     ]

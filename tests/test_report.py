@@ -47,12 +47,12 @@ def test_report_of_two_runs(setup, tmp_path):  # noqa: F811
     for i, name in enumerate(names):
         timing["median_over_images"][name] = {"latent_s": 0.01 * (i + 1)}
     (tmp_path / "t.json").write_text(json.dumps(timing))
-    assert (
-        report.main([str(a), str(b), "--decode-time", str(tmp_path / "t.json"), "--out", str(tmp_path / "r")])
-        == 0
-    )
+    (tmp_path / "gpu.json").write_text(json.dumps({**timing, "device": "a GPU"}))
+    timed = [str(tmp_path / "t.json"), str(tmp_path / "gpu.json")]  # one panel each
+    assert report.main([str(a), str(b), "--decode-time", *timed, "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "decode_time.png").stat().st_size > 5000
-    assert "(decode_time.png)" in (tmp_path / "r" / "report.md").read_text()
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "(decode_time.png)" in text and f"--decode-time {' '.join(timed)}" in text
     labels = [
         p[2]
         for p in report.decode_time_points(
