@@ -14,38 +14,20 @@ Writes results/bench_context.{json,md} (``bench_context_cuda.*`` with --device c
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import time
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 
 from orderopt import data
 from orderopt import orders as od
 from orderopt.context import AnyOrderContext, MultistageContext
 from orderopt.costs import ProxyOracle
-from orderopt.devices import torch_device
+from orderopt.devices import add_device_option, device_name, torch_device
 from orderopt.files import atomic_write, write_json
 from orderopt.latents import extract_latents
 from orderopt.model import load_model
-
-
-def timed(fn, repeat: int, device: torch.device) -> float:
-    """Median seconds of ``repeat`` calls after one warm-up call (waiting for the GPU's work)."""
-
-    def call():
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    call()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -53,7 +35,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    add_device_option(p, "cpu")
     args = p.parse_args()
     device = torch_device(args.device)
     torch.set_num_threads(args.threads)
@@ -62,9 +44,7 @@ def main() -> None:
     lat = extract_latents(model, data.load_images(None), meta["hash"], progress=False)
     m, c = lat.latent_channels, lat.hyper_channels
     result: dict = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu {platform.processor() or platform.machine()}, {args.threads} threads",
+        "device": device_name(device),
         "torch": torch.__version__,
         "latent_channels": m,
         "latents": {e.name: list(e.y_hat.shape[1:]) for e in lat.entries},
@@ -77,7 +57,7 @@ def main() -> None:
         oracle = ProxyOracle(proxy, lat, device=device)  # moves the proxy to the device
         setup = time.perf_counter() - t0
         subsets = list(range(n_subsets))
-        t = timed(lambda o=oracle, s=subsets: o.costs(s), repeat=3 if k < 4 else 1, device=device)
+        t = median_seconds(lambda o=oracle, s=subsets: o.costs(s), repeat=3 if k < 4 else 1, device=device)
         rate = n_subsets / t
 
         def plain(proxy=proxy, n=8):
@@ -85,7 +65,7 @@ def main() -> None:
                 for y, h in on_device:
                     proxy(y, h, s)
 
-        plain_rate = 8 / timed(plain, repeat=2, device=device)
+        plain_rate = 8 / median_seconds(plain, repeat=2, device=device)
         result["cost_table"][f"{k}x{k}"] = {
             "subsets_per_s": rate,
             "plain_forward_subsets_per_s": plain_rate,
@@ -100,11 +80,11 @@ def main() -> None:
         )
     ms = MultistageContext(od.paper_order(4), m, c).eval().to(device)
     y = torch.randn(1, m, 32, 48, device=device).round()
-    strided = timed(lambda: ms.context_strided(y), repeat=10, device=device)
-    fused = timed(lambda: ms.context_fused(y), repeat=10, device=device)
-    unfolded = timed(lambda: ms.context_unfolded(y), repeat=10, device=device)
-    naive = timed(lambda: ms.context_naive(y), repeat=5, device=device)
-    full_conv = timed(
+    strided = median_seconds(lambda: ms.context_strided(y), repeat=10, device=device)
+    fused = median_seconds(lambda: ms.context_fused(y), repeat=10, device=device)
+    unfolded = median_seconds(lambda: ms.context_unfolded(y), repeat=10, device=device)
+    naive = median_seconds(lambda: ms.context_naive(y), repeat=5, device=device)
+    full_conv = median_seconds(
         lambda: torch.nn.functional.conv2d(y, ms.weight[0], ms.bias[0], padding=2), repeat=10, device=device
     )
     result["multistage_4x4"] = {
@@ -138,7 +118,7 @@ def main() -> None:
                 with torch.enable_grad():  # main() runs under no_grad
                     fn(yb).sum().backward()
 
-            row[form] = 1e3 * timed(step, repeat=5, device=device)
+            row[form] = 1e3 * median_seconds(step, repeat=5, device=device)
         result["training_forms_ms"][f"{k}x{k}"] = row
         print(f"{k}×{k} training forward+backward (ms): " + ", ".join(f"{f} {v:.1f}" for f, v in row.items()))
     result["command"] = "python experiments/bench_context.py" + (

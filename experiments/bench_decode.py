@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from orderopt import codec, data
 from orderopt import orders as od
 from orderopt.context import AutoregressiveContext, MultistageContext
-from orderopt.devices import torch_device
+from orderopt.devices import add_device_option, device_name, torch_device
 from orderopt.files import atomic_write, write_json
 from orderopt.fit import load_context
 from orderopt.model import load_model
@@ -49,7 +48,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--context", action="append", default=[], help="NAME=CKPT: trained model for a schedule")
     p.add_argument("--out", default="results", help="output folder")
-    p.add_argument("--device", default="cpu", help="torch device of the networks: cpu or cuda")
+    add_device_option(p, "cpu", " of the networks")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -113,11 +112,9 @@ def main() -> None:
         "autoregressive_over_4x4_on_768x512": moto["autoregressive"] / moto["paper 4x4"],
         "autoregressive_over_4x4_network_only_on_768x512": moto_net["autoregressive"] / moto_net["paper 4x4"],
     }
-    cpu = f"cpu {platform.processor() or platform.machine()}, {args.threads} threads"
+    where = device_name("cpu")
     if device.type == "cuda":
-        where = f"{torch.cuda.get_device_name(device)} for the networks, entropy coding on the {cpu}"
-    else:
-        where = cpu
+        where = f"{device_name(device)} for the networks, entropy coding on the {where}"
     command = "python experiments/bench_decode.py" + (
         f" --device {args.device}" if device.type != "cpu" else ""
     )

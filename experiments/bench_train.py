@@ -18,7 +18,7 @@ import torch
 
 from orderopt import data
 from orderopt import orders as od
-from orderopt.devices import device_name, torch_device
+from orderopt.devices import add_device_option, device_name, torch_device
 from orderopt.files import atomic_write, write_json
 from orderopt.fit import FitConfig, build_context, fit_context
 from orderopt.latents import extract_latents
@@ -37,7 +37,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=40, help="timed optimisation steps per model")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    add_device_option(p, "cpu")
     p.add_argument("--out", default="results", help="output folder")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

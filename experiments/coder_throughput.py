@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -24,19 +22,11 @@ from pathlib import Path
 import constriction
 import numpy as np
 from scipy import special
+from timing import median_seconds
 
 from orderopt.files import atomic_write, write_json
 
 N, LO, HI = 128 * 48 * 32, -40, 40
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -63,19 +53,21 @@ def main() -> None:
         out = constriction.stream.queue.RangeDecoder(w).decode(gauss, means[idx], stds[idx])
         assert np.array_equal(out, symbols[idx])
 
-    enc_s = median_time(lambda: encode(whole), args.repeat)
-    dec_s = median_time(lambda: decode(words, whole), args.repeat)
+    enc_s = median_seconds(lambda: encode(whole), args.repeat, warmup=False)
+    dec_s = median_seconds(lambda: decode(words, whole), args.repeat, warmup=False)
     probs = np.diff(special.ndtr((np.arange(LO, HI + 2) - 0.5) / 3.0))
     fixed = constriction.stream.model.Categorical(probs / probs.sum(), perfect=False)
     cat_symbols = np.clip(symbols - LO, 0, HI - LO).astype(np.int32)
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(cat_symbols, fixed)
     cat_words = enc.get_compressed()
-    fixed_s = median_time(
-        lambda: constriction.stream.queue.RangeDecoder(cat_words).decode(fixed, N), args.repeat
+    fixed_s = median_seconds(
+        lambda: constriction.stream.queue.RangeDecoder(cat_words).decode(fixed, N), args.repeat, warmup=False
     )
     with ThreadPoolExecutor(2) as pool:
-        threads_s = median_time(lambda: list(pool.map(decode, half_words, halves)), args.repeat)
+        threads_s = median_seconds(
+            lambda: list(pool.map(decode, half_words, halves)), args.repeat, warmup=False
+        )
     result = {
         "cpu": platform.processor() or platform.machine(),
         "constriction": metadata.version("constriction"),

@@ -27,26 +27,19 @@ from orderopt import codec, data
 from orderopt import orders as od
 from orderopt.files import atomic_write, write_json
 from orderopt.fit import load_context
-from orderopt.model import SCALE_MIN, gaussian_bits, load_model
+from orderopt.model import SCALE_MIN, load_model
 
 GRIDS = [(32, 8), (48, 12), (64, 16)]
 
 
 def stage_gaussians(image: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(symbols, means, stds) of every stage of the paper's 4×4 order, as the codec sees them."""
+    """(symbols, means, stds) of every stage of the paper's 4×4 order, as the codec codes them."""
     base, _ = load_model()
     proxy, _ = load_context(codec.WEIGHTS / "proxy_k4.pt")
     with torch.no_grad():
         a = base.analyze(data.pad_to_multiple(image[None])[0])
         sched = codec.make_schedule(proxy, od.paper_order(4), *a.y_hat.shape[2:])
-        y = sched.new_latents(base.M, torch.device("cpu"))
-        out = []
-        for t in range(sched.num_stages):
-            means, stds = codec.gaussians_to_host(*sched.params(y, a.hyper, t))
-            symbols = sched.take(a.y_hat, t)
-            out.append((symbols.reshape(-1).numpy().astype(np.int64), means, stds))
-            sched.put(y, t, symbols)
-    return out
+        return list(codec.encoder_stages(sched, a.y_hat, a.hyper, torch.device("cpu")))
 
 
 class Tables:
@@ -91,10 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     image = {im.name: im.image for im in data.load_images(None)}[args.image]
     stages = stage_gaussians(image)
-    estimate = sum(
-        float(gaussian_bits(*(torch.from_numpy(v) for v in (s.astype(float), m, d))).sum())
-        for s, m, d in stages
-    )
+    estimate = sum(codec.stage_bits(*stage) for stage in stages)
     lo, hi = min(int(s.min()) for s, _, _ in stages), max(int(s.max()) for s, _, _ in stages)
     gauss = constriction.stream.model.QuantizedGaussian(lo, hi)
     enc = constriction.stream.queue.RangeEncoder()

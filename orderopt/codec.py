@@ -42,7 +42,7 @@ from PIL import Image
 from . import data
 from . import orders as od
 from .context import AnyOrderContext, AutoregressiveContext, ContextModel, MultistageContext
-from .devices import torch_device
+from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .evaluate import to_uint8
 from .fit import load_context
@@ -162,10 +162,7 @@ class RasterSchedule(Schedule):
         y[0, :, i, j] = values[:, 0]
 
     def params(self, y, hyper, t):
-        if (
-            self._padded is None
-            or y.untyped_storage().data_ptr() != self._padded.untyped_storage().data_ptr()
-        ):
+        if self._padded is None or y._base is not self._padded:
             raise ValueError("RasterSchedule.params needs the latents from its new_latents()")
         if self._hyper is None or self._hyper[0] is not hyper:  # h's share, once per image
             self._hyper = (hyper, self.model.entropy.hyper_in(hyper)[0].flatten(1).T.contiguous())
@@ -224,6 +221,25 @@ def gaussians_to_host(means: torch.Tensor, scales: torch.Tensor) -> tuple[np.nda
     return both[0], both[1]
 
 
+def encoder_stages(schedule: Schedule, y_hat: torch.Tensor, hyper: torch.Tensor, device: torch.device):
+    """For each stage, what the encoder codes: (symbols, means, stds) as flat host arrays (int64,
+    float64, float64), with parameters computed from the earlier stages exactly as the decoder
+    will compute them."""
+    partial = schedule.new_latents(y_hat.shape[1], device)
+    for t in range(schedule.num_stages):
+        means, stds = gaussians_to_host(*schedule.params(partial, hyper, t))
+        symbols = schedule.take(y_hat, t)
+        yield symbols.reshape(-1).cpu().numpy().astype(np.int64), means, stds
+        schedule.put(partial, t, symbols)
+
+
+def stage_bits(symbols: np.ndarray, means: np.ndarray, stds: np.ndarray) -> float:
+    """Bits of integer symbols under the Gaussians (the likelihood estimate of their size)."""
+    return float(
+        gaussian_bits(*(torch.from_numpy(v.astype(np.float64)) for v in (symbols, means, stds))).sum()
+    )
+
+
 @dataclass
 class Encoded:
     stream: bytes
@@ -273,17 +289,10 @@ def encode(
     z_words = coder.get_compressed()
     coder = constriction.stream.queue.RangeEncoder()
     gauss = constriction.stream.model.QuantizedGaussian(ylo, yhi)
-    partial = schedule.new_latents(m, device)
     estimated = 0.0
-    for t in range(schedule.num_stages):
-        means, stds = gaussians_to_host(*schedule.params(partial, hyper, t))
-        symbols = schedule.take(y_hat, t)
-        host = symbols.reshape(-1).cpu().numpy()
-        coder.encode(host.astype(np.int32), gauss, means, stds)
-        estimated += float(
-            gaussian_bits(*(torch.from_numpy(v) for v in (host.astype(np.float64), means, stds))).sum()
-        )
-        schedule.put(partial, t, symbols)
+    for symbols, means, stds in encoder_stages(schedule, y_hat, hyper, device):
+        coder.encode(symbols.astype(np.int32), gauss, means, stds)
+        estimated += stage_bits(symbols, means, stds)
     y_words = coder.get_compressed()
     header = {
         "model": base_hash,
@@ -454,11 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         q.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
         q.add_argument("--context", help="context-model checkpoint (default: the shipped proxy or AR model)")
-        q.add_argument(
-            "--device",
-            default="cpu",
-            help="torch device of the networks (cpu, cuda); entropy coding runs on the CPU. A stream "
-            "decodes exactly only with the networks on the device type it was encoded on",
+        add_device_option(
+            q,
+            "cpu",
+            " of the networks (entropy coding runs on the CPU; a stream decodes exactly only with the "
+            "networks on the device type it was encoded on)",
         )
     d = sub.choices["decode"]
     d.add_argument("stream", help="input stream file")

@@ -18,6 +18,8 @@ a context part; :mod:`orderopt.costs` exploits that to evaluate many decoded set
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,60 +98,70 @@ class MultistageContext(ContextModel):
         )
         self.register_buffer("mask", masks.float(), persistent=False)
         self.entropy = EntropyParameters(m, hyper_channels, self.ctx_channels)
-        self._masked_cache: tuple | None = None
-        self._fused_cache: tuple | None = None
+        self._cache: dict[str, tuple] = {}  # weights derived from `weight`, see _derived
+
+    def _derived(self, name: str, build) -> torch.Tensor:
+        """``build()``, a tensor derived from the weights; outside autograd it is cached until
+        the weights change (in place too, as an optimizer step or load_state_dict does)."""
+        if torch.is_grad_enabled():
+            return build()
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.weight.dtype)
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != key:
+            self._cache[name] = hit = (key, build())
+        return hit[1]
 
     def masked_weight(self) -> torch.Tensor:
-        """weight ⊙ mask; outside autograd it is cached until the weights change, because
-        masking the k² kernels costs as much as the convolutions themselves."""
-        if torch.is_grad_enabled():
-            return self.weight * self.mask
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.weight.dtype)
-        if self._masked_cache is None or self._masked_cache[0] != key:
-            self._masked_cache = (key, self.weight * self.mask)
-        return self._masked_cache[1]
+        """weight ⊙ mask (cached outside autograd: masking the k² kernels costs as much as the
+        convolutions themselves)."""
+        return self._derived("masked", lambda: self.weight * self.mask)
 
     def fused_weight(self) -> torch.Tensor:
         """The k² masked kernels, each placed at its in-patch offset (r, c) inside one
-        (k+K−1)² kernel: (k²·2M, M, k+K−1, k+K−1), output channel q·2M + o. Cached like
-        :meth:`masked_weight` outside autograd."""
-        k, w = self.order.patch, self.masked_weight()
-        key = ("fused", self.weight._version, self.weight.data_ptr(), self.weight.device, self.weight.dtype)
-        if torch.is_grad_enabled() or self._fused_cache is None or self._fused_cache[0] != key:
+        (k+K−1)² kernel: (k²·2M, M, k+K−1, k+K−1), output channel q·2M + o."""
+        k = self.order.patch
+
+        def build() -> torch.Tensor:
+            w = self.masked_weight()
             placed = [F.pad(w[q], (q % k, k - 1 - q % k, q // k, k - 1 - q // k)) for q in range(k * k)]
-            fused = torch.stack(placed).flatten(0, 1)
-            if torch.is_grad_enabled():
-                return fused
-            self._fused_cache = (key, fused)
-        return self._fused_cache[1]
+            return torch.stack(placed).flatten(0, 1)
+
+        return self._derived("fused", build)
+
+    def _pad_to_patches(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """ŷ zero-padded by K//2 all round, and on the bottom and right to whole patches."""
+        k, half = self.order.patch, self.kernel_size // 2
+        h, w = y_hat.shape[2:]
+        return F.pad(y_hat, (half, half + (-w) % k, half, half + (-h) % k))
+
+    @staticmethod
+    def _interleave(grids: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Per-position grids (B, k, k, C, H/k, W/k) back to features (B, C, H, W), cropped."""
+        b, k, _, c, hk, wk = grids.shape
+        return grids.permute(0, 3, 4, 1, 5, 2).reshape(b, c, hk * k, wk * k)[:, :, :height, :width]
 
     def context_fused(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Context features as ONE convolution of stride k with the :meth:`fused_weight`
-        kernel, then a pixel shuffle back to (H, W): (k+K−1)²/K² the FLOPs of one 5×5
-        convolution (2.6× for 4×4) in a single kernel launch. On an H100 it beats k² strided
-        launches but not :meth:`context_unfolded`; kept as a measured alternative."""
-        k, half = self.order.patch, self.kernel_size // 2
-        b, _, h, w = y_hat.shape
-        padded = F.pad(y_hat, (half, half + (-w) % k, half, half + (-h) % k))
-        out = F.conv2d(padded, self.fused_weight(), self.bias.reshape(-1), stride=k)
-        hk, wk = out.shape[2:]
-        out = out.view(b, k, k, self.ctx_channels, hk, wk).permute(0, 3, 4, 1, 5, 2)
-        return out.reshape(b, self.ctx_channels, hk * k, wk * k)[:, :, :h, :w]
+        kernel: (k+K−1)²/K² the FLOPs of one 5×5 convolution (2.6× for 4×4) in a single kernel
+        launch. On an H100 it beats k² strided launches but not :meth:`context_unfolded`; kept
+        as a measured alternative (``experiments/bench_context.py``)."""
+        k = self.order.patch
+        out = F.conv2d(self._pad_to_patches(y_hat), self.fused_weight(), self.bias.reshape(-1), stride=k)
+        grids = out.view(y_hat.shape[0], k, k, self.ctx_channels, *out.shape[2:])
+        return self._interleave(grids, *y_hat.shape[2:])
 
     def context_unfolded(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Context features as one batched matrix product: the K×K neighbourhoods of all
         latents (unfold), grouped by in-patch position, times each position's kernel. The same
         FLOPs as one convolution; on CPUs its backward pass is faster than that of k² tiny
         strided convolutions for 4×4 patches, so training uses it there."""
-        k, half = self.order.patch, self.kernel_size // 2
-        b, m, h, w = y_hat.shape
-        ph, pw = (-h) % k, (-w) % k
-        cols = F.unfold(F.pad(y_hat, (half, half + pw, half, half + ph)), self.kernel_size)
-        hk, wk = (h + ph) // k, (w + pw) // k
+        k, b = self.order.patch, y_hat.shape[0]
+        cols = F.unfold(self._pad_to_patches(y_hat), self.kernel_size)  # (B, M·K·K, k·hk · k·wk)
+        hk, wk = -(-y_hat.shape[2] // k), -(-y_hat.shape[3] // k)
         cols = cols.view(b, -1, hk, k, wk, k).permute(3, 5, 0, 2, 4, 1).reshape(k * k, b * hk * wk, -1)
         out = torch.baddbmm(self.bias[:, None, :], cols, self.masked_weight().flatten(2).transpose(1, 2))
-        out = out.view(k, k, b, hk, wk, self.ctx_channels).permute(2, 5, 3, 0, 4, 1)
-        return out.reshape(b, self.ctx_channels, hk * k, wk * k)[:, :, :h, :w]
+        grids = out.view(k, k, b, hk, wk, self.ctx_channels).permute(2, 0, 1, 5, 3, 4)
+        return self._interleave(grids, *y_hat.shape[2:])
 
     def context(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Context features, by whichever exact form is fastest where it runs (all equal
@@ -239,18 +251,24 @@ class AutoregressiveContext(ContextModel):
         return self.entropy(hyper, self.context(y_hat))
 
 
+def position_map(patch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """(H, W): the in-patch position r·k + c of every latent."""
+    k = patch
+    return (torch.arange(height, device=device)[:, None] % k) * k + (torch.arange(width, device=device) % k)
+
+
 def position_onehot(patch: int, height: int, width: int) -> torch.Tensor:
     """(k², H, W): channel q is 1 where the in-patch position of the latent is q."""
-    k = patch
-    q = (torch.arange(height)[:, None] % k) * k + (torch.arange(width)[None, :] % k)
-    return F.one_hot(q, k * k).permute(2, 0, 1).float()
+    return F.one_hot(position_map(patch, height, width), patch * patch).permute(2, 0, 1).float()
 
 
-def subset_mask(subset: int, patch: int, height: int, width: int) -> torch.Tensor:
-    """(H, W) 0/1 mask of the latents whose in-patch position is in the bitmask ``subset``."""
-    k = patch
-    q = (torch.arange(height)[:, None] % k) * k + (torch.arange(width)[None, :] % k)
-    return ((subset >> q) & 1).float()
+def subset_mask(
+    subset: int | Sequence[int] | torch.Tensor, patch: int, height: int, width: int, device=None
+) -> torch.Tensor:
+    """0/1 mask of the latents whose in-patch position is in the bitmask ``subset``: (H, W) for
+    one bitmask, (B, H, W) for a sequence of them, built on ``device`` in one operation."""
+    s = torch.as_tensor(subset, device=device)
+    return ((s[..., None, None] >> position_map(patch, height, width, device)) & 1).float()
 
 
 class AnyOrderContext(ContextModel):
@@ -286,12 +304,9 @@ class AnyOrderContext(ContextModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameters given the decoded set ``subset`` (bitmask int, or (B,) tensor of bitmasks)."""
         b, _, h, w = y_hat.shape
-        subsets = (
-            torch.as_tensor(subset).reshape(-1).expand(b)
-            if torch.as_tensor(subset).numel() == 1
-            else (torch.as_tensor(subset))
-        )
-        mask = torch.stack([subset_mask(int(s), self.patch, h, w) for s in subsets])[:, None].to(y_hat)
+        subsets = torch.as_tensor(subset).reshape(-1)
+        subsets = subsets.expand(b) if subsets.numel() == 1 else subsets
+        mask = subset_mask(subsets, self.patch, h, w, y_hat.device)[:, None].to(y_hat)
         return self.forward_masked(y_hat, hyper, mask)
 
     @torch.no_grad()
@@ -310,7 +325,7 @@ class AnyOrderContext(ContextModel):
         w_nobias = self.conv.weight
         parts = []
         for p in range(k * k):
-            m = subset_mask(1 << p, k, h, w).to(y_hat)[None, None].expand(b, 1, h, w)
+            m = subset_mask(1 << p, k, h, w, y_hat.device).to(y_hat)[None, None].expand(b, 1, h, w)
             x = torch.cat([y_hat * m, m], dim=1)
             lin = F.conv2d(x, w_nobias[:, : x.shape[1]], None, padding=self.kernel_size // 2)
             parts.append(F.conv2d(lin, e.ctx_in.weight))
@@ -367,4 +382,4 @@ def init_from_proxy(model: MultistageContext | AutoregressiveContext, proxy: Any
         raise ValueError(f"cannot initialise a {type(model).__name__} from a proxy")
     model.entropy.load_state_dict(proxy.entropy.state_dict())
     if isinstance(model, MultistageContext):
-        model._masked_cache = model._fused_cache = None
+        model._cache.clear()

@@ -48,6 +48,11 @@ class ProxyOracle:
     def __init__(self, proxy: AnyOrderContext, latents: LatentSet, device: str | torch.device = "cpu"):
         self.proxy = proxy.eval().to(device)
         self.device = torch.device(device)
+        # Work per call, by device: a GPU wants large batches of subsets and large chunks of
+        # `pre` (elements computed at once); a CPU's memory and caches want smaller ones.
+        on_gpu = self.device.type == "cuda"
+        self.subsets_per_call = 4096 if on_gpu else 512
+        self.chunk_elements = 2**27 if on_gpu else 2**25
         self.patch = k = proxy.patch
         h_min, w_min = latents.min_size
         if h_min < k or w_min < k:
@@ -85,8 +90,7 @@ class ProxyOracle:
         for q in range(k2):
             rows = [i for i, s in enumerate(subsets) if not (s >> q) & 1]
             base, parts, y = self._base[q], self._parts[q], self._y[q]
-            budget = 2**27 if self.device.type == "cuda" else 2**25  # elements of `pre` at once
-            per = max(1, chunk or int(budget // max(1, parts.shape[1] * parts.shape[2])))
+            per = max(1, chunk or int(self.chunk_elements // max(1, parts.shape[1] * parts.shape[2])))
             for start in range(0, len(rows), per):
                 idx = rows[start : start + per]
                 pre = base + torch.einsum("nk,kpd->npd", bits[idx], parts)
@@ -259,12 +263,9 @@ def dedicated_rate(
     else:
         raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
-    start = None
     if init is not None:
         init_from_proxy(model, init)  # on the CPU, where the proxy was loaded
-    model.to(device)
-    if init is not None:
-        start = measure(model, held_out)["bits_per_latent"]
+    start = measure(model.to(device), held_out)["bits_per_latent"] if init is not None else None
     fit_context(
         model,
         train,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 
 import torch
@@ -41,3 +42,12 @@ def device_name(device: str | torch.device) -> str:
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str = "auto", what: str = "") -> None:
+    """The ``--device`` option every command shares; ``what`` says what runs there."""
+    parser.add_argument(
+        "--device",
+        default=default,
+        help=f"torch device{what}: auto (a CUDA GPU if present), cpu, cuda or cuda:N",
+    )

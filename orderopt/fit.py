@@ -90,7 +90,7 @@ def loss_bits(model: ctxm.ContextModel, y: torch.Tensor, h: torch.Tensor, rng: n
     """Mean bits per latent element of a batch; for the proxy, over the undecoded latents."""
     if isinstance(model, ctxm.AnyOrderContext):
         subsets = random_subsets(model.patch, y.shape[0], rng)
-        mask = torch.stack([ctxm.subset_mask(s, model.patch, *y.shape[2:]) for s in subsets])[:, None].to(y)
+        mask = ctxm.subset_mask(subsets, model.patch, *y.shape[2:], y.device)[:, None]
         means, scales = model.forward_masked(y, h, mask)
         todo = 1 - mask
         return (gaussian_bits(y, means, scales) * todo).sum() / (todo.sum() * y.shape[1])

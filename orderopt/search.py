@@ -48,7 +48,7 @@ from tqdm import tqdm
 from . import data, strategies
 from . import orders as od
 from .costs import CostTable, ProxyOracle, bitmask, dedicated_rate
-from .devices import device_name, torch_device
+from .devices import add_device_option, device_name, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write, write_json
 from .fit import FitConfig, load_context, measure
@@ -143,12 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of dedicated models and results, shareable between runs (default: RUN_DIR/dedicated)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna, random orders and dedicated training")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="torch device for the cost table and the --verify training: auto (a CUDA GPU if present), "
-        "cpu, cuda",
-    )
+    add_device_option(p, what=" for the cost table and the --verify training")
     p.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")
     return p
 
@@ -206,13 +201,15 @@ def baseline_orders(k: int) -> dict[str, od.DecodingOrder | None]:
 
 
 # --- search ---------------------------------------------------------------------------------
-def fill_resumably(table: CostTable, path: Path, batch: int = 512, save_every_s: float = 30.0) -> None:
-    """Fill the whole table, saving at least every ``save_every_s`` seconds and at the end, so
-    that an interrupted run resumes and loses at most that much work. (Saving after every
-    chunk costs half a second each: on a GPU, most of the time.)"""
+def fill_resumably(
+    table: CostTable, path: Path, batch: int | None = None, save_every_s: float = 30.0
+) -> None:
+    """Fill the whole table ``batch`` subsets at a time (default: what suits the oracle's
+    device), saving at least every ``save_every_s`` seconds and at the end, so that an
+    interrupted run resumes and loses at most that much work. (Saving after every chunk costs
+    half a second each: on a GPU, most of the time.)"""
+    batch = batch or (table.oracle.subsets_per_call if table.oracle is not None else 512)
     todo = np.flatnonzero(~table.known)
-    from tqdm import tqdm
-
     saved = time.perf_counter()
     for start in tqdm(
         range(0, len(todo), batch),
@@ -239,8 +236,7 @@ def run_strategy(
     t0 = time.time()
     found: dict[od.DecodingOrder, str] = {}
     if strategy in ("exhaustive", "dp"):
-        on_gpu = table.oracle is not None and table.oracle.device.type == "cuda"
-        fill_resumably(table, costs_path, batch=4096 if on_gpu else 512)
+        fill_resumably(table, costs_path)
         info["table_s"] = round(time.time() - t0, 2)
     if strategy == "exhaustive":
         for order, _ in strategies.exhaustive(table):

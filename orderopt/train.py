@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import data
-from .devices import torch_device
+from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import save_torch
 from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--val-every", type=int, default=1000, help="validation interval in steps")
     b.add_argument("--ckpt-every", type=int, default=200, help="checkpoint interval in steps")
     b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    b.add_argument("--device", default="auto", help="torch device: auto (a CUDA GPU if present), cpu, cuda")
+    add_device_option(b)
     b.set_defaults(func=train_base)
     e = sub.add_parser(
         "export", help="write fp16 shipped weights from a training checkpoint", formatter_class=fmt
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--seed", type=int, default=0, help="random seed")
     c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    c.add_argument("--device", default="auto", help="torch device: auto (a CUDA GPU if present), cpu, cuda")
+    add_device_option(c)
     c.add_argument(
         "--out", required=True, help="checkpoint (resumed from when it exists); results go to .json beside it"
     )
