@@ -9,11 +9,14 @@ depend on the architecture and the number of stages, not on the trained values o
 weights, so dedicated models are used at their initialisation unless trained checkpoints
 are given with ``--context NAME=CKPT``.
 
-With ``--device cuda`` the networks run on the GPU (entropy coding stays on the CPU: the
-coder is CPU code) and every stage pays the device→host copy its coder needs.
+ŷ is coded with ``--coder`` (default rans, orderopt's compiled table coder, with the codec's
+default substreams; ``gaussian`` is constriction's per-symbol quantized Gaussian). With
+``--device cuda`` the networks run on the GPU (entropy coding stays on the CPU: the coder is
+CPU code) and every stage pays the device→host copy its coder needs.
 
-Writes results/decode_time.{json,md} (``decode_time_cuda.*`` with --device cuda).
-    python experiments/bench_decode.py [--repeat 3] [--device cuda]
+Writes results/decode_time.{json,md} (``decode_time_cuda.*`` with --device cuda, and a
+``_gaussian`` suffix with --coder gaussian).
+    python experiments/bench_decode.py [--repeat 3] [--device cuda] [--coder gaussian]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from orderopt import codec, data
+from orderopt import codec, data, rans
 from orderopt import orders as od
 from orderopt.context import AutoregressiveContext, MultistageContext
 from orderopt.devices import add_device_option, device_name, torch_device
@@ -48,8 +51,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--context", action="append", default=[], help="NAME=CKPT: trained model for a schedule")
     p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--coder", choices=codec.CODERS, default="rans", help="ŷ entropy coder")
     add_device_option(p, "cpu", " of the networks")
     args = p.parse_args()
+    rans.prepare()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch_device(args.device, deterministic=True)
@@ -74,7 +79,7 @@ def main() -> None:
     for im in data.load_images(None):
         h, w = im.image.shape[1:]
         for name, (model, cmeta) in models.items():
-            enc = codec.encode(im.image, base, meta["hash"], model, cmeta)
+            enc = codec.encode(im.image, base, meta["hash"], model, cmeta, coder=args.coder)
             runs = [codec.decode(enc.stream, base, meta["hash"], model, cmeta) for _ in range(args.repeat)]
             assert torch.equal(runs[0].y_hat, enc.y_hat)
             best = sorted(runs, key=lambda r: r.latent_seconds)[len(runs) // 2]
@@ -92,6 +97,7 @@ def main() -> None:
                     "synthesis_s": best.synthesis_seconds,
                     "decode_s": best.seconds,
                     "bytes": len(enc.stream),
+                    "substreams": int(codec.unpack(enc.stream)[2][0]) if args.coder == "rans" else None,
                 }
             )
             print(
@@ -115,14 +121,17 @@ def main() -> None:
     where = device_name("cpu")
     if device.type == "cuda":
         where = f"{device_name(device)} for the networks, entropy coding on the {where}"
-    command = "python experiments/bench_decode.py" + (
-        f" --device {args.device}" if device.type != "cpu" else ""
+    command = (
+        "python experiments/bench_decode.py"
+        + (f" --device {args.device}" if device.type != "cpu" else "")
+        + (f" --coder {args.coder}" if args.coder != "rans" else "")
     )
     result = {
         "device": where,
         "torch": torch.__version__,
         "model_hash": meta["hash"],
         "repeat": args.repeat,
+        "coder": args.coder,
         "note": "dedicated models at initialisation unless given: timings do not depend on weight values",
         "median_over_images": summary,
         "ratios": ratios,
@@ -131,7 +140,8 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "decode_time" if device.type == "cpu" else f"decode_time_{device.type}"
+    stem = "decode_time" + (f"_{device.type}" if device.type != "cpu" else "")
+    stem += f"_{args.coder}" if args.coder != "rans" else ""
     write_json(result, out / f"{stem}.json")
     lines = [
         "| schedule | serial stages (motorcycle) | ŷ decoding (ms) | context network (ms) | "
@@ -143,7 +153,7 @@ def main() -> None:
         cells = " | ".join(f"{1e3 * v[k]:.1f}" for k in keys)
         lines.append(f"| {name} | {st} | {cells} |")
     text = (
-        f"# Decoding time ({result['device']}, torch {result['torch']})\n\n"
+        f"# Decoding time ({result['device']}, torch {result['torch']}, ŷ coder {args.coder})\n\n"
         f"Median over the embedded photographs of the median of {args.repeat} decodes. "
         f"Regenerate: `{result['command']}`. {result['note']}.\n\n" + "\n".join(lines) + "\n\n"
         f"ŷ decoding time, 2×2 / checkerboard: {ratios['2x2_over_checkerboard']:.2f}×; "

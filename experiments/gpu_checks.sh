@@ -3,7 +3,8 @@
 #   [STEPS="tests decode search context train verify"] bash experiments/gpu_checks.sh OUT_DIR
 # tests:   the CUDA variants of the tests (exact codec round trips with the networks on the
 #          GPU; GPU cost table and GPU context features equal to the CPU reference);
-# decode:  decoding time with the networks on the GPU -> OUT_DIR/decode_time_cuda.{json,md};
+# decode:  decoding time with the networks on the GPU, ŷ coded with orderopt.rans and with
+#          constriction's Gaussian -> OUT_DIR/decode_time_cuda{,_gaussian}.{json,md};
 # search:  the exact 4×4 optimum (DP over the full 2^16 × 16 cost table) with the cost table on
 #          the GPU -> OUT_DIR/search-patch4-dp-cuda (compare with results/search-patch4-dp, CPU);
 # context: rate-engine speed on the GPU -> OUT_DIR/bench_context_cuda.{json,md};
@@ -23,6 +24,7 @@ if [[ $steps == *" tests "* ]]; then
 fi
 if [[ $steps == *" decode "* ]]; then
   timeout 240 python3 experiments/bench_decode.py --device cuda --out "$out" 2>&1 | tail -9
+  timeout 240 python3 experiments/bench_decode.py --device cuda --coder gaussian --out "$out" 2>&1 | tail -9
 fi
 if [[ $steps == *" search "* ]]; then
   ( time timeout 300 python3 -m orderopt.search --patch 4 --strategy dp --device cuda \

@@ -1,7 +1,8 @@
 """Summarise the GPU runs of experiments/gpu_checks.sh that are kept under results/.
 
 Prints, and writes to results/gpu/summary.md:
-- decoding-time ratios of every run (results/gpu/run*/decode_time_cuda.json), with their range;
+- decoding-time ratios of every run (results/gpu/run*/decode_time_cuda.json), with their range
+  and the ŷ coder of each (runs 1–7 used constriction's quantized Gaussian);
 - context-model training speed of every run (results/gpu/run*/bench_train_cuda.json);
 - the 4×4 cost table computed on the GPU against the CPU one (largest relative difference,
   whether the DP optimum is the same order, and the time of each).
@@ -34,7 +35,14 @@ def decode_lines(results: Path) -> list[str]:
         return ["(no GPU decoding runs)"]
     data = [json.loads(p.read_text()) for p in runs]
     head = "| ratio | " + " | ".join(p.parent.name for p in runs) + " | range |"
-    lines = [f"Decoding time on {data[0]['device']}:", "", head, "|---" * (len(runs) + 2) + "|"]
+    coders = " | ".join(d.get("coder", "gaussian") for d in data)
+    lines = [
+        f"Decoding time on {data[0]['device']} (ranges mix coders: compare a run's own column):",
+        "",
+        head,
+        "|---" * (len(runs) + 2) + "|",
+        f"| ŷ coder | {coders} | |",
+    ]
     for key, label in RATIOS.items():
         vals = [d["ratios"][key] for d in data]
         cells = " | ".join(f"{v:.2f}" for v in vals)

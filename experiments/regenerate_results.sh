@@ -12,6 +12,7 @@ BSDS=${1:-../shared/datasets/bsds500}
 python experiments/base_vs_jpeg.py --out results
 python experiments/bench_context.py --out results
 python experiments/bench_decode.py --out results
+python experiments/bench_decode.py --coder gaussian --out results
 python experiments/bench_train.py --out results
 python experiments/coder_throughput.py --out results
 python experiments/tabulated_coder_probe.py --out results
@@ -31,7 +32,7 @@ python experiments/finetune_probe.py --order raster4 --steps 1000 --every 250 --
 HELD_OUT=checkpoints/context/val_latents.pt STEPS_OVERRIDE=500 RANDOM_ORDERS=20 \
     bash experiments/verify_search.sh proxy
 python -m orderopt.search --patch 4 --strategy greedy --random 200 --out results/search-patch4 --force
-GPU_TIMES=$( [ -f results/decode_time_cuda.json ] && echo results/decode_time_cuda.json || true )
+GPU_TIMES=$(ls results/decode_time_cuda.json results/decode_time_cuda_gaussian.json 2>/dev/null | head -1)
 python -m orderopt.report results/search-patch2-from-proxy-bsdsval results/search-patch4-from-proxy-bsdsval \
     results/search-patch2-from-proxy results/search-patch4 results/search-patch2 --out results/report \
     --decode-time results/decode_time.json $GPU_TIMES

@@ -1,13 +1,15 @@
-"""Real bitstreams: encode and decode ŷ (and ẑ) in any decoding order with range coding.
+"""Real bitstreams: encode and decode ŷ (and ẑ) in any decoding order with entropy coding.
 
     python -m orderopt.codec encode IMAGE OUT.oopt (--order "0,1;2,3" | --kind autoregressive)
     python -m orderopt.codec decode IN.oopt OUT.png
     (either with --device cuda: the networks on a GPU, entropy coding on the CPU)
 
-ẑ is coded under the factorized prior, ŷ under the Gaussians of a context model
-(constriction's range coder and quantized Gaussian). Stage t of an order is decoded for all
-patches at once from the latents of earlier stages; the encoder runs exactly the decoder's
-computation, stage by stage, so both sides see bit-identical parameters.
+ẑ is coded under the factorized prior (constriction's range coder), ŷ under the Gaussians of a
+context model, with one of two coders: ``rans`` (default; :mod:`orderopt.rans`, compiled and
+table-driven, one call per stage, its substreams decoded by parallel threads) or ``gaussian``
+(constriction's per-symbol quantized Gaussian, about 5× slower to decode). Stage t of an order
+is decoded for all patches at once from the latents of earlier stages; the encoder runs
+exactly the decoder's computation, stage by stage, so both sides see bit-identical parameters.
 
 Context models: a dedicated multistage or autoregressive model (``--context CKPT``), or the
 any-order proxy for any order (the shipped proxy of the order's patch size by default).
@@ -19,9 +21,9 @@ Container (little-endian)::
             | CRC-32 of everything before it u32 | ẑ stream (u32 words) | ŷ stream (u32 words)
 
 The header names the base model's hash, the context model (kind, order, hash), the image
-size, the latent shapes and symbol ranges, and the device type the networks ran on (floating
-point differs between devices, so a stream decodes exactly only on the same kind), so that a
-stream decodes on its own.
+size, the latent shapes and symbol ranges, the ŷ coder (with its table grid), and the device
+type the networks ran on (floating point differs between devices, so a stream decodes exactly
+only on the same kind), so that a stream decodes on its own.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import json
 import struct
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import constriction
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import data
+from . import data, rans
 from . import orders as od
 from .context import AnyOrderContext, AutoregressiveContext, ContextModel, MultistageContext
 from .devices import add_device_option, torch_device
@@ -48,7 +50,9 @@ from .evaluate import to_uint8
 from .fit import load_context
 from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_model
 
-MAGIC, VERSION = b"OOPT", 1
+MAGIC, VERSION = b"OOPT", 2  # version 2 adds the ŷ coder; version-1 streams are "gaussian"
+READABLE = (1, 2)
+CODERS = ("rans", "gaussian")
 _PREFIX = struct.Struct("<4sBI")
 _SIZES = struct.Struct("<III")
 WEIGHTS = SHIPPED.parent  # the shipped weights folder
@@ -240,6 +244,52 @@ def stage_bits(symbols: np.ndarray, means: np.ndarray, stds: np.ndarray) -> floa
     )
 
 
+def auto_substreams(stage_sizes: list[int]) -> int:
+    """rANS substreams worth their cost (12 bytes each): one per 64k symbols, and only when
+    stages are large enough for threads to pay (never for the autoregressive model's one
+    position per stage); at most 16."""
+    return int(np.clip(min(sum(stage_sizes) // 65536, max(stage_sizes, default=0) // 8192), 1, 16))
+
+
+def encode_latents(stages: list, coder: str, y_range: tuple[int, int], substreams: int | None) -> np.ndarray:
+    """ŷ's words: every stage's (symbols, means, stds) coded in stage order."""
+    if coder == "rans":
+        sizes = [len(s) for s, _, _ in stages]
+        return rans.encode(stages, rans.Grid(), substreams or auto_substreams(sizes))
+    enc = constriction.stream.queue.RangeEncoder()
+    gauss = constriction.stream.model.QuantizedGaussian(*y_range)
+    for symbols, means, stds in stages:
+        enc.encode(symbols.astype(np.int32), gauss, means, stds)
+    return enc.get_compressed()
+
+
+class _GaussianDecoder:
+    """constriction's range decoder under per-symbol quantized Gaussians, as rans.Decoder."""
+
+    def __init__(self, words: np.ndarray, y_range: tuple[int, int]):
+        self.dec = constriction.stream.queue.RangeDecoder(words)
+        self.gauss = constriction.stream.model.QuantizedGaussian(*y_range)
+
+    def decode(self, means: np.ndarray, stds: np.ndarray) -> np.ndarray:
+        return self.dec.decode(self.gauss, means, stds)
+
+    def finished(self) -> bool:
+        return True  # a range coder's padding cannot be told from data: the CRC guards it
+
+
+def latent_decoder(words: np.ndarray, header: dict):
+    """The decoder of a stream's ŷ words, as its header names it."""
+    coder = header.get("coder", {"name": "gaussian"})
+    if coder.get("name") == "gaussian":
+        return _GaussianDecoder(words, tuple(header["y_range"]))
+    if coder.get("name") != "rans" or coder.get("grid") != list(astuple(rans.Grid())):
+        raise UserError(f"stream uses ŷ coder {coder}, which this orderopt does not read")
+    try:
+        return rans.Decoder(words, rans.Grid())
+    except rans.StreamError as e:
+        raise UserError(f"stream is corrupt ({e})") from None
+
+
 @dataclass
 class Encoded:
     stream: bytes
@@ -256,10 +306,15 @@ def encode(
     context: ContextModel,
     context_meta: dict,
     order: od.DecodingOrder | None = None,
+    coder: str = "rans",
+    substreams: int | None = None,
 ) -> Encoded:
-    """Encode one image (3, H, W) in [0, 1]. The networks run on the models' device and the
-    stream records it: floating-point results differ between devices, so a stream decodes
-    exactly only with the networks on the same kind of device."""
+    """Encode one image (3, H, W) in [0, 1] with ŷ's ``coder`` (``rans`` with ``substreams``,
+    default: :func:`auto_substreams`; or ``gaussian``). The networks run on the models' device
+    and the stream records it: floating-point results differ between devices, so a stream
+    decodes exactly only with the networks on the same kind of device."""
+    if coder not in CODERS:
+        raise UserError(f"unknown ŷ coder {coder!r}; choose one of {', '.join(CODERS)}")
     t0 = time.perf_counter()
     device = networks_device(base, context)
     x, size = data.pad_to_multiple(image[None].to(device))
@@ -277,23 +332,19 @@ def encode(
     # symbol ranges of at least two values: the coder's distributions need two symbols
     zlo, ylo = int(z_hat.min()), int(y_hat.min())
     zhi, yhi = max(int(z_hat.max()), zlo + 1), max(int(y_hat.max()), ylo + 1)
-    coder = constriction.stream.queue.RangeEncoder()
+    zenc = constriction.stream.queue.RangeEncoder()
     zs = z_hat[0].flatten(1).cpu()  # (N, n)
     probs = z_probabilities(base, zlo, zhi)
     cat = constriction.stream.model.Categorical(perfect=False)
-    coder.encode(
+    zenc.encode(
         (zs - zlo).T.reshape(-1).numpy().astype(np.int32),
         cat,
         np.repeat(probs[None], zs.shape[1], 0).reshape(-1, probs.shape[1]),
     )
-    z_words = coder.get_compressed()
-    coder = constriction.stream.queue.RangeEncoder()
-    gauss = constriction.stream.model.QuantizedGaussian(ylo, yhi)
-    estimated = 0.0
-    for symbols, means, stds in encoder_stages(schedule, y_hat, hyper, device):
-        coder.encode(symbols.astype(np.int32), gauss, means, stds)
-        estimated += stage_bits(symbols, means, stds)
-    y_words = coder.get_compressed()
+    z_words = zenc.get_compressed()
+    stages = list(encoder_stages(schedule, y_hat, hyper, device))
+    estimated = sum(stage_bits(*stage) for stage in stages)
+    y_words = encode_latents(stages, coder, (ylo, yhi), substreams)
     header = {
         "model": base_hash,
         "context": {k: context_meta.get(k) for k in ("kind", "order", "patch", "hash")},
@@ -303,6 +354,7 @@ def encode(
         "z_shape": list(z_hat.shape[1:]),
         "z_range": [zlo, zhi],
         "y_range": [ylo, yhi],
+        "coder": {"name": coder, **({"grid": list(astuple(rans.Grid()))} if coder == "rans" else {})},
         "device": device.type,
     }
     est_z = float(-np.log2(probs[np.arange(zs.shape[0])[:, None], (zs - zlo).long().numpy()]).sum())
@@ -325,8 +377,11 @@ def unpack(stream: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
     if len(stream) < _PREFIX.size or stream[:4] != MAGIC:
         raise UserError("not an orderopt stream (bad magic bytes)")
     _, version, hlen = _PREFIX.unpack_from(stream)
-    if version != VERSION:
-        raise UserError(f"stream version {version} is not supported (this orderopt reads version {VERSION})")
+    if version not in READABLE:
+        raise UserError(
+            f"stream version {version} is not supported (this orderopt reads versions "
+            f"{', '.join(map(str, READABLE))})"
+        )
     off = _PREFIX.size + hlen
     if len(stream) < off + 12:
         raise UserError(f"stream is truncated ({len(stream)} bytes, the header alone needs {off + 12})")
@@ -407,17 +462,21 @@ def decode(
         torch.cuda.synchronize(device)
     hyper_s = time.perf_counter() - t
     net = coding = 0.0
-    dec = constriction.stream.queue.RangeDecoder(y_words)
-    gauss = constriction.stream.model.QuantizedGaussian(*header["y_range"])
+    dec = latent_decoder(y_words, header)
     y = schedule.new_latents(m, device)
     for st in range(schedule.num_stages):
         t = time.perf_counter()
         means, stds = gaussians_to_host(*schedule.params(y, hyper, st))  # the copy waits for the device
         net += time.perf_counter() - t
         t = time.perf_counter()
-        vals = dec.decode(gauss, means, stds)
+        try:
+            vals = dec.decode(means, stds)
+        except rans.StreamError as e:
+            raise UserError(f"stream is corrupt ({e})") from None
         schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(m, -1).to(device))
         coding += time.perf_counter() - t
+    if not dec.finished():
+        raise UserError("stream is corrupt (its ŷ data does not end with the last stage)")
     t = time.perf_counter()
     image = data.crop_to(base.synthesize(y), tuple(header["image"]))[0].cpu()
     synth_s = time.perf_counter() - t
@@ -448,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m orderopt.codec",
         description="Encode or decode an image with a "
-        "multistage (or autoregressive) context model and a range coder.",
+        "multistage (or autoregressive) context model and an entropy coder.",
         formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -457,6 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out", help="output stream file")
     e.add_argument("--order", help="decoding order, e.g. '0,1;2,3' (checkerboard '0,1;1,0', hyperprior '0')")
     e.add_argument("--kind", choices=["autoregressive"], help="code with the autoregressive model instead")
+    e.add_argument(
+        "--coder",
+        choices=CODERS,
+        default="rans",
+        help="ŷ entropy coder: rans (compiled tables, fast) or gaussian (constriction, per symbol)",
+    )
+    e.add_argument(
+        "--substreams",
+        type=int,
+        help="rANS substreams, decodable in parallel, 12 bytes each (default: one per 64k symbols "
+        "of stages large enough for threads, at most 16)",
+    )
     for q in (
         e,
         sub.add_parser("decode", help="stream -> PNG", formatter_class=HelpFormatter),
@@ -478,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch_device(args.device, deterministic=True)
+    rans.prepare()  # load the compiled coder now, so that the times printed leave it out
     base, meta = load_model(args.model)
     base.to(device)
     if args.command == "encode":
@@ -487,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         context, cmeta = context_for(args, order)
         context.to(device)
         image = data.load_image(args.image)
-        enc = encode(image, base, meta["hash"], context, cmeta, order)
+        if args.substreams is not None and not 1 <= args.substreams <= 256:
+            raise UserError("--substreams must be between 1 and 256")
+        enc = encode(image, base, meta["hash"], context, cmeta, order, args.coder, args.substreams)
         Path(args.out).write_bytes(enc.stream)
         npix = image.shape[1] * image.shape[2]
         _, z_words, y_words = unpack(enc.stream)

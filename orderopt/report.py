@@ -391,7 +391,9 @@ def fig_decode_time(runs: list[Run], timings: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("ŷ decoding time (ms, median over images, log scale)")
         ax.set_title(
-            "Rate against decoding time\n" + textwrap.fill(str(timing.get("device", "?")), 60), fontsize=9
+            "Rate against decoding time\n"
+            + textwrap.fill(f"{timing.get('device', '?')}; ŷ coder {timing.get('coder', 'gaussian')}", 60),
+            fontsize=9,
         )
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")

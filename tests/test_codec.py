@@ -83,17 +83,49 @@ def test_round_trips_are_exact(tmp_path, base, image, device):
             model.synthesize(model.analyze(data.pad_to_multiple(image[None].to(device))[0]).y_hat),
             image.shape[1:],
         )[0].cpu()
+    coders = [("rans", None, 1), ("rans", 3, 3), ("gaussian", None, 0)]  # (coder, substreams, expected)
     for name, (ctx, cmeta), order in contexts(tmp_path):
         ctx.to(device)
-        enc = codec.encode(image, model, meta["hash"], ctx, cmeta, order)
-        dec = codec.decode(enc.stream, model, meta["hash"], ctx, cmeta)
-        assert codec.unpack(enc.stream)[0]["device"] == device.type
-        assert torch.equal(dec.y_hat, enc.y_hat), name
-        assert torch.equal(dec.image, expected), name
-        _, z_words, y_words = codec.unpack(enc.stream)
-        payload_bits = 32 * (len(z_words) + len(y_words))
-        # within 1% of the likelihoods, plus at most one padding word per stream
-        assert payload_bits <= enc.estimated_bits * 1.01 + 64, name
+        for coder, substreams, parts in coders:
+            enc = codec.encode(image, model, meta["hash"], ctx, cmeta, order, coder, substreams)
+            dec = codec.decode(enc.stream, model, meta["hash"], ctx, cmeta)
+            header, z_words, y_words = codec.unpack(enc.stream)
+            assert header["device"] == device.type and header["coder"]["name"] == coder
+            assert torch.equal(dec.y_hat, enc.y_hat), (name, coder)
+            assert torch.equal(dec.image, expected), (name, coder)
+            payload_bits = 32 * (len(z_words) + len(y_words))
+            # within 1% of the likelihoods, plus a padding word per stream and rANS's substream
+            # table (a count, then a length and a final 64-bit state per substream)
+            assert payload_bits <= enc.estimated_bits * 1.01 + 64 + 32 * (1 + 3 * parts), (name, coder)
+            if coder == "rans":
+                assert y_words[0] == parts
+
+
+def test_version_1_streams_still_decode(tmp_path, base, image, monkeypatch):
+    """Streams from before the ŷ coder was recorded decode as constriction's Gaussian."""
+    model, meta = base
+    ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
+    enc = codec.encode(image, model, meta["hash"], ctx, cmeta, coder="gaussian")
+    header, z_words, y_words = codec.unpack(enc.stream)
+    del header["coder"]
+    monkeypatch.setattr(codec, "VERSION", 1)
+    old = codec.pack(header, z_words, y_words)
+    assert old[4] == 1
+    assert torch.equal(codec.decode(old, model, meta["hash"], ctx, cmeta).y_hat, enc.y_hat)
+
+
+def test_rans_stream_that_ends_early(tmp_path, base, image):
+    """Damage that keeps the checksum valid (a stream built wrongly) still fails cleanly."""
+    model, meta = base
+    ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
+    header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
+    short = y_words.copy()
+    short[1] -= 1
+    with pytest.raises(UserError, match="stream is corrupt"):
+        codec.decode(codec.pack(header, z_words, short[:-1]), model, meta["hash"], ctx, cmeta)
+    with pytest.raises(UserError, match="does not read"):
+        codec.decode(codec.pack({**header, "coder": {"name": "rans", "grid": [1, 2, 3]}}, z_words, y_words),
+                     model, meta["hash"], ctx, cmeta)  # fmt: skip
 
 
 def test_cli_round_trip_and_errors(tmp_path, tiny_ckpt, image, base):
