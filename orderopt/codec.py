@@ -245,10 +245,10 @@ def stage_bits(symbols: np.ndarray, means: np.ndarray, stds: np.ndarray) -> floa
 
 
 def auto_substreams(stage_sizes: list[int]) -> int:
-    """rANS substreams worth their cost (12 bytes each): one per 64k symbols, and only when
-    stages are large enough for threads to pay (never for the autoregressive model's one
-    position per stage); at most 16."""
-    return int(np.clip(min(sum(stage_sizes) // 65536, max(stage_sizes, default=0) // 8192), 1, 16))
+    """rANS substreams worth their cost (12 bytes each): one per 64k symbols, and only as many
+    as the largest stage fills with 4k symbols each (the decoder's threads need that much work;
+    the autoregressive model's one position per stage gets one substream); at most 16."""
+    return int(np.clip(min(sum(stage_sizes) // 65536, max(stage_sizes, default=0) // 4096), 1, 16))
 
 
 def encode_latents(stages: list, coder: str, y_range: tuple[int, int], substreams: int | None) -> np.ndarray:

@@ -198,6 +198,9 @@ def encode(stages: list[tuple[np.ndarray, np.ndarray, np.ndarray]], grid: Grid =
         raise ValueError("symbols, means and stds must have the same length")
     flat = [np.concatenate([np.ravel(stage[k]) for stage in stages] + [[]]).astype(t)
             for k, t in enumerate((np.int64, np.float64, np.float64))]  # fmt: skip
+    residual = flat[0] - np.floor(flat[1] + 0.5)  # what escapes carry, in 32 bits of zigzag code
+    if not (np.isfinite(flat[1]).all() and (np.abs(residual) < 2**30).all()):
+        raise ValueError("symbols must lie within 2^30 of finite means")
     offsets = np.cumsum([0] + [len(stage[0]) for stage in stages])
     edges = [o + chunks(len(stage[0]), substreams) for o, stage in zip(offsets[:-1], stages, strict=True)]
     parts = []
@@ -226,7 +229,7 @@ class Decoder:
     """Decodes the words of :func:`encode` stage by stage, one compiled call per stage; a
     stage's substreams are decoded by parallel threads when the stage is large."""
 
-    PARALLEL_MIN = 8192  # symbols per stage below which threads cost more than they save
+    PARALLEL_MIN = 4096  # symbols per stage below which threads cost more than they save
 
     def __init__(self, words: np.ndarray, grid: Grid = Grid()):
         words = np.ascontiguousarray(words, dtype=np.uint32)

@@ -82,3 +82,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="at least 1"):
         rans.encode([], substreams=0)
     assert rans.encode([]).tolist()[0] == 1
+    with pytest.raises(ValueError, match="finite means"):
+        rans.encode([(np.zeros(1), np.array([np.nan]), np.ones(1))])
+    with pytest.raises(ValueError, match="finite means"):
+        rans.encode([(np.array([2**31]), np.zeros(1), np.ones(1))])
