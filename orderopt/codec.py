@@ -220,9 +220,10 @@ def networks_device(base: HyperpriorCodec, context: ContextModel) -> torch.devic
 
 
 def gaussians_to_host(means: torch.Tensor, scales: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Flattened float64 means and standard deviations for the coder: one device→host copy."""
-    both = torch.stack([means.reshape(-1), scales.reshape(-1).clamp_min(SCALE_MIN)]).double().cpu().numpy()
-    return both[0], both[1]
+    """Flattened float64 means and standard deviations for the coder: one device→host copy, of
+    float32 (half the bytes; widening to float64 is exact, wherever it happens)."""
+    both = torch.stack([means.reshape(-1), scales.reshape(-1).clamp_min(SCALE_MIN)]).cpu().numpy()
+    return both[0].astype(np.float64), both[1].astype(np.float64)
 
 
 def encoder_stages(schedule: Schedule, y_hat: torch.Tensor, hyper: torch.Tensor, device: torch.device):
