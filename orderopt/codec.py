@@ -94,13 +94,16 @@ class OrderSchedule(Schedule):
         self.num_stages, self.shape = order.num_stages, (height, width)
         device = next(model.parameters()).device
         self.stage = torch.from_numpy(order.stage_map(height, width)).to(device)
+        self._share: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def where(self, t: int) -> torch.Tensor:
         return self.stage == t
 
     def params(self, y, hyper, t):
-        if isinstance(self.model, MultistageContext):  # strided: only this stage's positions
-            out = self.model.stage_params(y, hyper, list(self.order.stage_positions(t)))
+        if isinstance(self.model, MultistageContext):  # only this stage's positions
+            if self._share is None or self._share[0] is not hyper:  # h's share, once per image
+                self._share = (hyper, self.model.entropy.hyper_in(hyper))
+            out = self.model.stage_params(y, hyper, list(self.order.stage_positions(t)), self._share[1])
             return (
                 torch.cat([m[0].flatten(1) for m, _ in out], 1),
                 torch.cat([s[0].flatten(1) for _, s in out], 1),

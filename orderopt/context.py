@@ -209,19 +209,57 @@ class MultistageContext(ContextModel):
         return self.entropy(hyper, self.context(y_hat))
 
     def stage_params(
-        self, y_hat: torch.Tensor, hyper: torch.Tensor, positions: list[tuple[int, int]]
+        self,
+        y_hat: torch.Tensor,
+        hyper: torch.Tensor,
+        positions: list[tuple[int, int]],
+        share: torch.Tensor | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(means, scales) of the latents at the given in-patch positions only, each of shape
-        (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉): what a decoder computes at one stage."""
+        (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉): what a decoder computes at one stage. ``share`` is
+        ``entropy.hyper_in(hyper)``, h's share of the entropy network: a decoder computes it
+        once per image. Every product is a plain matrix product on this stage's latents (small
+        1×1 convolutions cost more in setup than in arithmetic)."""
         k, half = self.order.patch, self.kernel_size // 2
+        b, _, height, width = y_hat.shape
         padded = F.pad(y_hat, (half, half, half, half))
-        weights = self.masked_weight()
+        ctx_in = self.entropy.ctx_in.weight[:, :, 0, 0].expand(b, -1, -1)
         out = []
         for r, c in positions:
             q = r * k + c
-            ctx = F.conv2d(padded[:, :, r:, c:], weights[q], self.bias[q], stride=k)
-            out.append(self.entropy(hyper[:, :, r::k, c::k], ctx))
+            rows, cols = -(-(height - r) // k), -(-(width - c) // k)
+            h_part = (
+                share[:, :, r::k, c::k]
+                if share is not None
+                else self.entropy.hyper_in(hyper[:, :, r::k, c::k])
+            )
+            taps, matrix = self.tap_matrices()[q]
+            if matrix is None:  # nothing decoded nearby yet: the context is the bias
+                ctx = self.bias[q].view(1, -1, 1).expand(b, -1, rows * cols)
+            else:  # the latents under each tap, for this position's latents only: (B, M·T, n)
+                h_end, w_end = (rows - 1) * k + 1, (cols - 1) * k + 1
+                seen = [padded[:, :, r + i : r + i + h_end : k, c + j : c + j + w_end : k] for i, j in taps]
+                x = torch.stack(seen, 2).view(b, -1, rows * cols)
+                ctx = torch.baddbmm(self.bias[q][None, :, None], matrix.expand(b, -1, -1), x)
+            pre = torch.baddbmm(h_part.reshape(b, -1, rows * cols), ctx_in, ctx)
+            means, scales = self.entropy.tail_rows(pre.transpose(1, 2))
+            out.append(tuple(v.transpose(1, 2).reshape(b, -1, rows, cols) for v in (means, scales)))
         return out
+
+    def tap_matrices(self) -> list[tuple[list[tuple[int, int]], torch.Tensor | None]]:
+        """Per position q, the kernel taps that see decoded latents and the masked kernel at
+        those taps as a (2M, M·T) matrix (None: no taps). Decoding multiplies by these only:
+        48% of the 5×5 taps for the paper's 4×4 order, 32% for 2×2."""
+
+        def build() -> list[tuple[list[tuple[int, int]], torch.Tensor | None]]:
+            w, out = self.masked_weight(), []
+            for q in range(self.order.patch**2):
+                taps = [tuple(t) for t in self.mask[q, 0, 0].nonzero().tolist()]
+                matrix = torch.stack([w[q][:, :, i, j] for i, j in taps], 2).flatten(1) if taps else None
+                out.append((taps, matrix))
+            return out
+
+        return self._derived("taps", build)
 
 
 def raster_mask(kernel_size: int = 5) -> torch.Tensor:

@@ -145,14 +145,23 @@ def test_context_on_device_equals_cpu(device):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_stage_params_match_full_forward():
-    order = o.paper_order(2)
+@pytest.mark.parametrize("order", [o.paper_order(2), o.random_order(3, 4), o.paper_order(4)], ids=str)
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("share", [True, False], ids=["share", "no-share"])
+def test_stage_params_match_full_forward(order, grad, share):
+    """What a decoder computes per stage (only the taps that see decoded latents, first stage
+    included, where there are none) equals the full forward pass, at every position."""
+    k = order.patch
     model = randomize(MultistageContext(order, M, CH))
-    y, hyper = torch.randn(1, M, 6, 7), torch.randn(1, CH, 6, 7)
-    means, scales = model(y, hyper)
-    ((m01, s01),) = model.stage_params(y, hyper, [(0, 1)])
-    torch.testing.assert_close(m01, means[:, :, 0::2, 1::2])
-    torch.testing.assert_close(s01, scales[:, :, 0::2, 1::2])
+    y, hyper = torch.randn(2, M, 9, 7), torch.randn(2, CH, 9, 7)
+    with torch.set_grad_enabled(grad):
+        means, scales = model(y, hyper)
+        positions = [(r, c) for r in range(k) for c in range(k)]
+        given = model.entropy.hyper_in(hyper) if share else None
+        stages = model.stage_params(y, hyper, positions, given)
+        for (r, c), (m, s) in zip(positions, stages, strict=True):
+            torch.testing.assert_close(m, means[:, :, r::k, c::k])
+            torch.testing.assert_close(s, scales[:, :, r::k, c::k])
 
 
 def test_masked_weight_cache_follows_weight_changes():
