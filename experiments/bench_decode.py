@@ -16,7 +16,7 @@ CPU code) and every stage pays the device→host copy its coder needs.
 
 Writes results/decode_time.{json,md} (``decode_time_cuda.*`` with --device cuda, and a
 ``_gaussian`` suffix with --coder gaussian).
-    python experiments/bench_decode.py [--repeat 3] [--device cuda] [--coder gaussian]
+    python experiments/bench_decode.py [--repeat 7] [--device cuda] [--coder gaussian]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ SCHEDULES = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=3, help="decodes per image and schedule (median)")
+    p.add_argument("--repeat", type=int, default=7, help="decodes per image and schedule (median)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--context", action="append", default=[], help="NAME=CKPT: trained model for a schedule")
     p.add_argument("--out", default="results", help="output folder")
@@ -78,9 +78,16 @@ def main() -> None:
     rows = []
     for im in data.load_images(None):
         h, w = im.image.shape[1:]
-        for name, (model, cmeta) in models.items():
-            enc = codec.encode(im.image, base, meta["hash"], model, cmeta, coder=args.coder)
-            runs = [codec.decode(enc.stream, base, meta["hash"], model, cmeta) for _ in range(args.repeat)]
+        encoded = {
+            name: codec.encode(im.image, base, meta["hash"], model, cmeta, coder=args.coder)
+            for name, (model, cmeta) in models.items()
+        }
+        timed: dict[str, list] = {name: [] for name in models}
+        for _ in range(args.repeat):  # schedules take turns, so that the machine's drift hits all alike
+            for name, (model, cmeta) in models.items():
+                timed[name].append(codec.decode(encoded[name].stream, base, meta["hash"], model, cmeta))
+        for name, (model, _) in models.items():
+            enc, runs = encoded[name], timed[name]
             assert torch.equal(runs[0].y_hat, enc.y_hat)
             best = sorted(runs, key=lambda r: r.latent_seconds)[len(runs) // 2]
             rows.append(
@@ -154,7 +161,8 @@ def main() -> None:
         lines.append(f"| {name} | {st} | {cells} |")
     text = (
         f"# Decoding time ({result['device']}, torch {result['torch']}, ŷ coder {args.coder})\n\n"
-        f"Median over the embedded photographs of the median of {args.repeat} decodes. "
+        f"Median over the embedded photographs of the median of {args.repeat} decodes (the schedules "
+        "take turns). "
         f"Regenerate: `{result['command']}`. {result['note']}.\n\n" + "\n".join(lines) + "\n\n"
         f"ŷ decoding time, 2×2 / checkerboard: {ratios['2x2_over_checkerboard']:.2f}×; "
         f"4×4 / checkerboard: {ratios['4x4_over_checkerboard']:.2f}×; autoregressive / 4×4 on the "
