@@ -50,8 +50,10 @@ from .evaluate import to_uint8
 from .fit import load_context
 from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_model
 
-MAGIC, VERSION = b"OOPT", 2  # version 2 adds the ŷ coder; version-1 streams are "gaussian"
-READABLE = (1, 2)
+# The version changes with the format and with the arithmetic of the stage parameters: a
+# stream decodes exactly only with the arithmetic that wrote it. 3: ŷ coder recorded, rANS,
+# stages computed at their own latents only.
+MAGIC, VERSION = b"OOPT", 3
 CODERS = ("rans", "gaussian")
 _PREFIX = struct.Struct("<4sBI")
 _SIZES = struct.Struct("<III")
@@ -65,21 +67,17 @@ class Schedule:
     num_stages: int
     shape: tuple[int, int]  # (H, W) of ŷ
 
-    def where(self, t: int) -> torch.Tensor:
-        """(H, W) bool: the latents decoded at stage t."""
-        raise NotImplementedError
-
     def params(self, y: torch.Tensor, hyper: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(means, scales), each (M, n_t), of stage t's latents, in :meth:`take`'s order."""
         raise NotImplementedError
 
     def take(self, y: torch.Tensor, t: int) -> torch.Tensor:
         """Stage t's latents of y (1, M, H, W) as (M, n_t)."""
-        return y[0][:, self.where(t)]
+        raise NotImplementedError
 
     def put(self, y: torch.Tensor, t: int, values: torch.Tensor) -> None:
         """Write (M, n_t) values of stage t into y, inverse of :meth:`take`."""
-        y[0][:, self.where(t)] = values
+        raise NotImplementedError
 
     def new_latents(self, channels: int, device: torch.device) -> torch.Tensor:
         """The zero ŷ (1, M, H, W) that the stages fill in; pass it to :meth:`params`."""
@@ -96,32 +94,26 @@ class OrderSchedule(Schedule):
         self.stage = torch.from_numpy(order.stage_map(height, width)).to(device)
         self._share: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def where(self, t: int) -> torch.Tensor:
-        return self.stage == t
-
     def params(self, y, hyper, t):
-        if isinstance(self.model, MultistageContext):  # only this stage's positions
-            if self._share is None or self._share[0] is not hyper:  # h's share, once per image
-                self._share = (hyper, self.model.entropy.hyper_in(hyper))
-            out = self.model.stage_params(y, hyper, list(self.order.stage_positions(t)), self._share[1])
-            return (
-                torch.cat([m[0].flatten(1) for m, _ in out], 1),
-                torch.cat([s[0].flatten(1) for _, s in out], 1),
-            )
-        decoded = (self.stage < t).to(y)[None, None]  # proxy: one masked pass with the decoded set S_t
-        m, s = self.model.forward_masked(y, hyper, decoded)
-        where = self.where(t)
-        return m[0][:, where], s[0][:, where]
+        """Only this stage's latents: per in-patch position, a strided computation."""
+        if self._share is None or self._share[0] is not hyper:  # h's share, once per image
+            self._share = (hyper, self.model.entropy.hyper_in(hyper))
+        positions = list(self.order.stage_positions(t))
+        if isinstance(self.model, MultistageContext):
+            out = self.model.stage_params(y, hyper, positions, self._share[1])
+        else:  # the proxy, given the decoded set S_t
+            decoded = (self.stage < t).to(y)[None, None]
+            out = self.model.stage_params(y, hyper, decoded, positions, self._share[1])
+        return (
+            torch.cat([m[0].flatten(1) for m, _ in out], 1),
+            torch.cat([s[0].flatten(1) for _, s in out], 1),
+        )
 
     def take(self, y, t):
-        if not isinstance(self.model, MultistageContext):
-            return super().take(y, t)
         k = self.order.patch
         return torch.cat([y[0][:, r::k, c::k].flatten(1) for r, c in self.order.stage_positions(t)], 1)
 
     def put(self, y, t, values):
-        if not isinstance(self.model, MultistageContext):
-            return super().put(y, t, values)
         k, start = self.order.patch, 0
         for r, c in self.order.stage_positions(t):
             grid = y[0][:, r::k, c::k]
@@ -149,11 +141,6 @@ class RasterSchedule(Schedule):
         self.ctx_in = model.entropy.ctx_in.weight[:, :, 0, 0]
         self._padded: torch.Tensor | None = None
         self._hyper: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def where(self, t: int) -> torch.Tensor:
-        w = torch.zeros(self.h, self.w, dtype=torch.bool)
-        w[divmod(t, self.w)] = True
-        return w
 
     def new_latents(self, channels, device):
         half = self.half
@@ -194,7 +181,7 @@ def make_schedule(model: ContextModel, order: od.DecodingOrder | None, height: i
             f"order {order} ({order.patch}×{order.patch}) does not tile the proxy's "
             f"{model.patch}×{model.patch} patch"
         )
-    return OrderSchedule(model, order, height, width)
+    return OrderSchedule(model, proxy_order(order, model.patch), height, width)
 
 
 def proxy_order(order: od.DecodingOrder, patch: int) -> od.DecodingOrder:
@@ -283,7 +270,7 @@ class _GaussianDecoder:
 
 def latent_decoder(words: np.ndarray, header: dict):
     """The decoder of a stream's ŷ words, as its header names it."""
-    coder = header.get("coder", {"name": "gaussian"})
+    coder = header.get("coder", {})
     if coder.get("name") == "gaussian":
         return _GaussianDecoder(words, tuple(header["y_range"]))
     if coder.get("name") != "rans" or coder.get("grid") != list(astuple(rans.Grid())):
@@ -381,11 +368,13 @@ def unpack(stream: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
     if len(stream) < _PREFIX.size or stream[:4] != MAGIC:
         raise UserError("not an orderopt stream (bad magic bytes)")
     _, version, hlen = _PREFIX.unpack_from(stream)
-    if version not in READABLE:
+    if version < VERSION:
         raise UserError(
-            f"stream version {version} is not supported (this orderopt reads versions "
-            f"{', '.join(map(str, READABLE))})"
+            f"stream version {version} comes from an older orderopt, whose arithmetic differs; "
+            f"encode the image again (this orderopt reads version {VERSION})"
         )
+    if version != VERSION:
+        raise UserError(f"stream version {version} is not supported (this orderopt reads version {VERSION})")
     off = _PREFIX.size + hlen
     if len(stream) < off + 12:
         raise UserError(f"stream is truncated ({len(stream)} bytes, the header alone needs {off + 12})")

@@ -65,6 +65,23 @@ class EntropyParameters(nn.Module):
     def forward(self, hyper: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tail(self.hyper_in(hyper) + self.ctx_in(ctx))
 
+    def at_latents(
+        self, hyper: torch.Tensor, share: torch.Tensor | None, ctx: torch.Tensor, r: int, c: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(means, scales), each (B, M, rows, cols), of the latents at in-patch position (r, c)
+        of a k×k patch, from their context features ``ctx`` (B, C, rows·cols) and h (or h's
+        share ``hyper_in(hyper)``, which a decoder computes once per image). Plain matrix
+        products: at one stage's latents, small 1×1 convolutions cost more in setup than in
+        arithmetic."""
+        b, rows, cols = ctx.shape[0], -(-(hyper.shape[2] - r) // k), -(-(hyper.shape[3] - c) // k)
+        h_part = share[:, :, r::k, c::k] if share is not None else self.hyper_in(hyper[:, :, r::k, c::k])
+        weight = self.ctx_in.weight[:, :, 0, 0].expand(b, -1, -1)
+        pre = torch.baddbmm(h_part.reshape(b, -1, rows * cols), weight, ctx)
+        means, scales = self.tail_rows(pre.transpose(1, 2))
+        return means.transpose(1, 2).reshape(b, -1, rows, cols), scales.transpose(1, 2).reshape(
+            b, -1, rows, cols
+        )
+
 
 class ContextModel(nn.Module):
     """Base class: ``forward(y_hat, hyper) -> (means, scales)``; ``bits`` gives per-element bits."""
@@ -218,21 +235,14 @@ class MultistageContext(ContextModel):
         """(means, scales) of the latents at the given in-patch positions only, each of shape
         (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉): what a decoder computes at one stage. ``share`` is
         ``entropy.hyper_in(hyper)``, h's share of the entropy network: a decoder computes it
-        once per image. Every product is a plain matrix product on this stage's latents (small
-        1×1 convolutions cost more in setup than in arithmetic)."""
+        once per image."""
         k, half = self.order.patch, self.kernel_size // 2
         b, _, height, width = y_hat.shape
         padded = F.pad(y_hat, (half, half, half, half))
-        ctx_in = self.entropy.ctx_in.weight[:, :, 0, 0].expand(b, -1, -1)
         out = []
         for r, c in positions:
             q = r * k + c
             rows, cols = -(-(height - r) // k), -(-(width - c) // k)
-            h_part = (
-                share[:, :, r::k, c::k]
-                if share is not None
-                else self.entropy.hyper_in(hyper[:, :, r::k, c::k])
-            )
             taps, matrix = self.tap_matrices()[q]
             if matrix is None:  # nothing decoded nearby yet: the context is the bias
                 ctx = self.bias[q].view(1, -1, 1).expand(b, -1, rows * cols)
@@ -241,9 +251,7 @@ class MultistageContext(ContextModel):
                 seen = [padded[:, :, r + i : r + i + h_end : k, c + j : c + j + w_end : k] for i, j in taps]
                 x = torch.stack(seen, 2).view(b, -1, rows * cols)
                 ctx = torch.baddbmm(self.bias[q][None, :, None], matrix.expand(b, -1, -1), x)
-            pre = torch.baddbmm(h_part.reshape(b, -1, rows * cols), ctx_in, ctx)
-            means, scales = self.entropy.tail_rows(pre.transpose(1, 2))
-            out.append(tuple(v.transpose(1, 2).reshape(b, -1, rows, cols) for v in (means, scales)))
+            out.append(self.entropy.at_latents(hyper, share, ctx, r, c, k))
         return out
 
     def tap_matrices(self) -> list[tuple[list[tuple[int, int]], torch.Tensor | None]]:
@@ -336,6 +344,29 @@ class AnyOrderContext(ContextModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian parameters of every latent given the decoded latents ``mask`` (B, 1, H, W)."""
         return self.entropy(hyper, self.conv(self.inputs(y_hat, mask)))
+
+    def stage_params(
+        self,
+        y_hat: torch.Tensor,
+        hyper: torch.Tensor,
+        mask: torch.Tensor,
+        positions: list[tuple[int, int]],
+        share: torch.Tensor | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`forward_masked` at the latents of the given in-patch positions only, each
+        (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉): what a decoder computes at one stage, one strided
+        convolution per position, so that all stages together cost one pass, not k².
+        ``share`` is ``entropy.hyper_in(hyper)``, once per image."""
+        k, size = self.patch, self.kernel_size
+        b, _, height, width = y_hat.shape
+        x = F.pad(self.inputs(y_hat, mask), (size // 2,) * 4)
+        out = []
+        for r, c in positions:
+            rows, cols = -(-(height - r) // k), -(-(width - c) // k)
+            window = x[:, :, r : r + (rows - 1) * k + size, c : c + (cols - 1) * k + size]
+            ctx = F.conv2d(window, self.conv.weight, self.conv.bias, stride=k)
+            out.append(self.entropy.at_latents(hyper, share, ctx.flatten(2), r, c, k))
+        return out
 
     def forward(
         self, y_hat: torch.Tensor, hyper: torch.Tensor, subset: int | torch.Tensor = 0

@@ -101,17 +101,16 @@ def test_round_trips_are_exact(tmp_path, base, image, device):
                 assert y_words[0] == parts
 
 
-def test_version_1_streams_still_decode(tmp_path, base, image, monkeypatch):
-    """Streams from before the ŷ coder was recorded decode as constriction's Gaussian."""
+def test_streams_of_older_versions_are_refused(tmp_path, base, image, monkeypatch):
+    """Older streams were written with other arithmetic: refused, never decoded wrongly."""
     model, meta = base
     ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
-    enc = codec.encode(image, model, meta["hash"], ctx, cmeta, coder="gaussian")
-    header, z_words, y_words = codec.unpack(enc.stream)
-    del header["coder"]
-    monkeypatch.setattr(codec, "VERSION", 1)
+    header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
+    monkeypatch.setattr(codec, "VERSION", codec.VERSION - 1)
     old = codec.pack(header, z_words, y_words)
-    assert old[4] == 1
-    assert torch.equal(codec.decode(old, model, meta["hash"], ctx, cmeta).y_hat, enc.y_hat)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="older orderopt.*encode the image again"):
+        codec.decode(old, model, meta["hash"], ctx, cmeta)
 
 
 def test_rans_stream_that_ends_early(tmp_path, base, image):
@@ -163,6 +162,26 @@ def test_cli_round_trip_and_errors(tmp_path, tiny_ckpt, image, base):
     fails(bytes(flipped), "checksum")
     fails(b"JUNK" + good[4:], "not an orderopt stream")
     fails(b"", "not an orderopt stream")
+
+
+def test_damaged_payload_with_a_valid_checksum(tmp_path, base, image):
+    """A stream damaged before its checksum was computed: a clean error or an image, never a
+    crash or a hang (rANS must end exactly in its initial state, which catches most damage)."""
+    model, meta = base
+    ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[1:2]]
+    header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
+    rng = np.random.default_rng(0)
+    caught = 0
+    for _ in range(12):
+        bad = y_words.copy()
+        at = rng.integers(2 + bad[0], len(bad))  # inside a substream, not its table
+        bad[at] ^= np.uint32(1 << int(rng.integers(32)))
+        try:
+            codec.decode(codec.pack(header, z_words, bad), model, meta["hash"], ctx, cmeta)
+        except UserError as e:
+            assert "corrupt" in str(e)
+            caught += 1
+    assert caught >= 10
 
 
 def test_stream_from_another_model(tmp_path, base, image):

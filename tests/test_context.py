@@ -164,6 +164,23 @@ def test_stage_params_match_full_forward(order, grad, share):
             torch.testing.assert_close(s, scales[:, :, r::k, c::k])
 
 
+@pytest.mark.parametrize("patch", [2, 4])
+def test_proxy_stage_params_match_the_masked_pass(patch):
+    """The proxy at one stage's latents (strided) equals its full masked pass there, borders
+    included, for a decoded set of mixed positions."""
+    proxy = randomize(AnyOrderContext(patch, M, CH)).eval()
+    y, hyper = torch.randn(2, M, 9, 7), torch.randn(2, CH, 9, 7)
+    decoded = 0b0110 if patch == 2 else 0b1010_0110_0001_1001
+    mask = subset_mask(decoded, patch, 9, 7)[None, None].expand(2, 1, 9, 7)
+    with torch.no_grad():
+        means, scales = proxy.forward_masked(y, hyper, mask)
+        positions = [(r, c) for r in range(patch) for c in range(patch) if not decoded >> (r * patch + c) & 1]
+        got = proxy.stage_params(y, hyper, mask, positions, proxy.entropy.hyper_in(hyper))
+    for (r, c), (m, s) in zip(positions, got, strict=True):
+        torch.testing.assert_close(m, means[:, :, r::patch, c::patch], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s, scales[:, :, r::patch, c::patch], rtol=1e-4, atol=1e-4)
+
+
 def test_masked_weight_cache_follows_weight_changes():
     model = randomize(MultistageContext(o.paper_order(2), M, CH)).eval()
     y = torch.randn(1, M, 6, 6)
