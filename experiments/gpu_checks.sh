@@ -11,8 +11,18 @@
 # train:   context-model training speed on the GPU -> OUT_DIR/bench_train_cuda.{json,md};
 # verify:  end to end, `search --patch 2 --verify 2` with the dedicated models trained on the
 #          GPU (on the embedded photographs, 300 steps: a smoke run, not a verification).
+# Packages the GPU machine's image lacks (it has no internet) are installed from wheels in
+# .whl/ (git-ignored; carry it: `pip download constriction numba llvmlite --no-deps
+# --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl`).
 set -uo pipefail
 out=${1:?usage: gpu_checks.sh OUT_DIR}
+for mod in constriction numba; do
+  if ! python3 -c "import $mod" 2>/dev/null; then
+    wheels=$(ls .whl/"$mod"-*.whl 2>/dev/null; [ "$mod" = numba ] && ls .whl/llvmlite-*.whl 2>/dev/null)
+    python3 -m pip install -q --no-deps --target /tmp/site $wheels
+  fi
+done
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 steps=" ${STEPS:-tests decode search context train verify} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
