@@ -554,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         image = data.load_image(args.image)
         if args.substreams is not None and not 1 <= args.substreams <= 256:
             raise UserError("--substreams must be between 1 and 256")
+        if args.substreams is not None and args.coder != "rans":
+            raise UserError("--substreams applies to --coder rans only")
         enc = encode(image, base, meta["hash"], context, cmeta, order, args.coder, args.substreams)
         Path(args.out).write_bytes(enc.stream)
         npix = image.shape[1] * image.shape[2]

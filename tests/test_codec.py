@@ -141,6 +141,12 @@ def test_cli_round_trip_and_errors(tmp_path, tiny_ckpt, image, base):
     assert codec.main(["encode", str(png), str(stream), "--order", "0,2;3,1", *common]) == 0
     assert codec.main(["decode", str(stream), str(out), *common]) == 0
     assert Image.open(out).size == (90, 70)
+    for bad_args, message in (
+        (["--substreams", "0"], "between 1 and 256"),
+        (["--coder", "gaussian", "--substreams", "2"], "rans only"),
+    ):
+        with pytest.raises(UserError, match=message):
+            codec.main(["encode", str(png), str(stream), "--order", "0,1;2,3", *common, *bad_args])
 
     def fails(data_bytes, message):
         bad = tmp_path / "bad.oopt"
