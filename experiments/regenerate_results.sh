@@ -13,6 +13,7 @@ python experiments/base_vs_jpeg.py --out results
 python experiments/bench_context.py --out results
 python experiments/bench_decode.py --out results
 python experiments/bench_decode.py --coder gaussian --out results
+for i in 1 2; do python experiments/bench_decode.py --out results/decode_time_reruns/$i; done  # the spread
 python experiments/bench_train.py --out results
 python experiments/coder_throughput.py --out results
 python experiments/tabulated_coder_probe.py --out results
