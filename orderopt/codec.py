@@ -268,6 +268,11 @@ class _GaussianDecoder:
         return True  # a range coder's padding cannot be told from data: the CRC guards it
 
 
+def rans_header() -> dict:
+    """What a stream records of the rANS coder: its table grid and a hash of its tables."""
+    return {"grid": list(astuple(rans.Grid())), "tables": rans.tables().digest}
+
+
 def latent_decoder(words: np.ndarray, header: dict):
     """The decoder of a stream's ŷ words, as its header names it."""
     coder = header.get("coder", {})
@@ -275,6 +280,11 @@ def latent_decoder(words: np.ndarray, header: dict):
         return _GaussianDecoder(words, tuple(header["y_range"]))
     if coder.get("name") != "rans" or coder.get("grid") != list(astuple(rans.Grid())):
         raise UserError(f"stream uses ŷ coder {coder}, which this orderopt does not read")
+    if coder.get("tables") != rans.tables().digest:
+        raise UserError(
+            f"stream was coded with rANS tables {coder.get('tables')}, and this machine builds "
+            f"{rans.tables().digest} (floating point differs): decode it where it was encoded"
+        )
     try:
         return rans.Decoder(words, rans.Grid())
     except rans.StreamError as e:
@@ -345,7 +355,7 @@ def encode(
         "z_shape": list(z_hat.shape[1:]),
         "z_range": [zlo, zhi],
         "y_range": [ylo, yhi],
-        "coder": {"name": coder, **({"grid": list(astuple(rans.Grid()))} if coder == "rans" else {})},
+        "coder": {"name": coder, **(rans_header() if coder == "rans" else {})},
         "device": device.type,
     }
     est_z = float(-np.log2(probs[np.arange(zs.shape[0])[:, None], (zs - zlo).long().numpy()]).sum())

@@ -18,8 +18,9 @@ both sides' parameters bit-identically, and so is the table choice computed here
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numba
 import numpy as np
@@ -56,6 +57,12 @@ class Tables:
     cdf: np.ndarray  # int32
     start: np.ndarray  # int64 (S·D,)
     radius: np.ndarray  # int64 (S·D,)
+
+    @cached_property
+    def digest(self) -> str:
+        """A short hash of the tables: streams record it, because the tables are computed
+        in floating point (scipy's ndtr) and another machine could round one entry apart."""
+        return hashlib.sha256(self.cdf.tobytes() + self.radius.tobytes()).hexdigest()[:16]
 
 
 def quantize(p: np.ndarray, total: int = 1 << PREC) -> np.ndarray:
