@@ -57,7 +57,6 @@ from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_mode
 MAGIC, VERSION = b"OOPT", 3
 CODERS = ("rans", "gaussian")
 _PREFIX = struct.Struct("<4sBI")
-_SIZES = struct.Struct("<III")
 WEIGHTS = SHIPPED.parent  # the shipped weights folder
 
 
@@ -180,7 +179,7 @@ def make_schedule(model: ContextModel, order: od.DecodingOrder | None, height: i
     if isinstance(model, AnyOrderContext) and model.patch % order.patch:
         raise UserError(
             f"order {order} ({order.patch}×{order.patch}) does not tile the proxy's "
-            f"{model.patch}×{model.patch} patch"
+            f"{model.patch}×{model.patch} patch; use a proxy of a multiple of {order.patch}"
         )
     return OrderSchedule(model, proxy_order(order, model.patch), height, width)
 
@@ -275,21 +274,19 @@ def rans_header() -> dict:
 
 
 def latent_decoder(words: np.ndarray, header: dict):
-    """The decoder of a stream's ŷ words, as its header names it."""
-    coder = header.get("coder", {})
+    """The decoder of a stream's ŷ words, as its header names it (raises rans.StreamError for
+    damaged words)."""
+    coder, ours = header.get("coder", {}), rans_header()
     if coder.get("name") == "gaussian":
         return _GaussianDecoder(words, tuple(header["y_range"]))
-    if coder.get("name") != "rans" or coder.get("grid") != list(astuple(rans.Grid())):
+    if coder.get("name") != "rans" or coder.get("grid") != ours["grid"]:
         raise UserError(f"stream uses ŷ coder {coder}, which this orderopt does not read")
-    if coder.get("tables") != rans.tables().digest:
+    if coder.get("tables") != ours["tables"]:
         raise UserError(
             f"stream was coded with rANS tables {coder.get('tables')}, and this machine builds "
-            f"{rans.tables().digest} (floating point differs): decode it where it was encoded"
+            f"{ours['tables']} (floating point differs): decode it where it was encoded"
         )
-    try:
-        return rans.Decoder(words, rans.Grid())
-    except rans.StreamError as e:
-        raise UserError(f"stream is corrupt ({e})") from None
+    return rans.Decoder(words, rans.Grid())
 
 
 @dataclass
@@ -323,14 +320,9 @@ def encode(
     a = base.analyze(x)
     y_hat, z_hat, hyper = a.y_hat, a.z_hat, a.hyper
     _, m, h, w = y_hat.shape
-    if order is not None and isinstance(context, AnyOrderContext) and order.patch != context.patch:
-        if context.patch % order.patch:
-            raise UserError(
-                f"order {order} ({order.patch}×{order.patch}) does not tile the proxy's "
-                f"{context.patch}×{context.patch} patch; use a proxy of a multiple of {order.patch}"
-            )
-        order = proxy_order(order, context.patch)
     schedule = make_schedule(context, order, h, w)
+    if isinstance(context, AnyOrderContext):
+        order = schedule.order  # tiled to the proxy's patch, as the decoder rebuilds it
     # symbol ranges of at least two values: the coder's distributions need two symbols
     zlo, ylo = int(z_hat.min()), int(y_hat.min())
     zhi, yhi = max(int(z_hat.max()), zlo + 1), max(int(y_hat.max()), ylo + 1)
@@ -466,19 +458,19 @@ def decode(
         torch.cuda.synchronize(device)
     hyper_s = time.perf_counter() - t
     net = coding = 0.0
-    dec = latent_decoder(y_words, header)
     y = schedule.new_latents(m, device)
-    for st in range(schedule.num_stages):
-        t = time.perf_counter()
-        means, stds = gaussians_to_host(*schedule.params(y, hyper, st))  # the copy waits for the device
-        net += time.perf_counter() - t
-        t = time.perf_counter()
-        try:
+    try:
+        dec = latent_decoder(y_words, header)
+        for st in range(schedule.num_stages):
+            t = time.perf_counter()
+            means, stds = gaussians_to_host(*schedule.params(y, hyper, st))  # the copy waits for the device
+            net += time.perf_counter() - t
+            t = time.perf_counter()
             vals = dec.decode(means, stds)
-        except rans.StreamError as e:
-            raise UserError(f"stream is corrupt ({e})") from None
-        schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(m, -1).to(device))
-        coding += time.perf_counter() - t
+            schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(m, -1).to(device))
+            coding += time.perf_counter() - t
+    except rans.StreamError as e:
+        raise UserError(f"stream is corrupt ({e})") from None
     if not dec.finished():
         raise UserError("stream is corrupt (its ŷ data does not end with the last stage)")
     t = time.perf_counter()
@@ -552,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "encode" and args.substreams is not None:
+        if not 1 <= args.substreams <= 256:
+            raise UserError("--substreams must be between 1 and 256")
+        if args.coder != "rans":
+            raise UserError("--substreams applies to --coder rans only")
     device = torch_device(args.device, deterministic=True)
     rans.prepare()  # load the compiled coder now, so that the times printed leave it out
     base, meta = load_model(args.model)
@@ -563,10 +560,6 @@ def main(argv: list[str] | None = None) -> int:
         context, cmeta = context_for(args, order)
         context.to(device)
         image = data.load_image(args.image)
-        if args.substreams is not None and not 1 <= args.substreams <= 256:
-            raise UserError("--substreams must be between 1 and 256")
-        if args.substreams is not None and args.coder != "rans":
-            raise UserError("--substreams applies to --coder rans only")
         enc = encode(image, base, meta["hash"], context, cmeta, order, args.coder, args.substreams)
         Path(args.out).write_bytes(enc.stream)
         npix = image.shape[1] * image.shape[2]

@@ -69,18 +69,16 @@ class EntropyParameters(nn.Module):
         self, hyper: torch.Tensor, share: torch.Tensor | None, ctx: torch.Tensor, r: int, c: int, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(means, scales), each (B, M, rows, cols), of the latents at in-patch position (r, c)
-        of a k×k patch, from their context features ``ctx`` (B, C, rows·cols) and h (or h's
+        of a k×k patch, from their context features ``ctx`` (B, C, rows, cols) and h (or h's
         share ``hyper_in(hyper)``, which a decoder computes once per image). Plain matrix
         products: at one stage's latents, small 1×1 convolutions cost more in setup than in
         arithmetic."""
-        b, rows, cols = ctx.shape[0], -(-(hyper.shape[2] - r) // k), -(-(hyper.shape[3] - c) // k)
+        b, _, rows, cols = ctx.shape
         h_part = share[:, :, r::k, c::k] if share is not None else self.hyper_in(hyper[:, :, r::k, c::k])
         weight = self.ctx_in.weight[:, :, 0, 0].expand(b, -1, -1)
-        pre = torch.baddbmm(h_part.reshape(b, -1, rows * cols), weight, ctx)
+        pre = torch.baddbmm(h_part.reshape(b, -1, rows * cols), weight, ctx.reshape(b, -1, rows * cols))
         means, scales = self.tail_rows(pre.transpose(1, 2))
-        return means.transpose(1, 2).reshape(b, -1, rows, cols), scales.transpose(1, 2).reshape(
-            b, -1, rows, cols
-        )
+        return tuple(v.transpose(1, 2).reshape(b, -1, rows, cols) for v in (means, scales))
 
 
 class ContextModel(nn.Module):
@@ -245,12 +243,13 @@ class MultistageContext(ContextModel):
             rows, cols = -(-(height - r) // k), -(-(width - c) // k)
             taps, matrix = self.tap_matrices()[q]
             if matrix is None:  # nothing decoded nearby yet: the context is the bias
-                ctx = self.bias[q].view(1, -1, 1).expand(b, -1, rows * cols)
+                ctx = self.bias[q].view(1, -1, 1, 1).expand(b, -1, rows, cols)
             else:  # the latents under each tap, for this position's latents only: (B, M·T, n)
                 h_end, w_end = (rows - 1) * k + 1, (cols - 1) * k + 1
                 seen = [padded[:, :, r + i : r + i + h_end : k, c + j : c + j + w_end : k] for i, j in taps]
                 x = torch.stack(seen, 2).view(b, -1, rows * cols)
                 ctx = torch.baddbmm(self.bias[q][None, :, None], matrix.expand(b, -1, -1), x)
+                ctx = ctx.view(b, -1, rows, cols)
             out.append(self.entropy.at_latents(hyper, share, ctx, r, c, k))
         return out
 
@@ -365,7 +364,7 @@ class AnyOrderContext(ContextModel):
             rows, cols = -(-(height - r) // k), -(-(width - c) // k)
             window = x[:, :, r : r + (rows - 1) * k + size, c : c + (cols - 1) * k + size]
             ctx = F.conv2d(window, self.conv.weight, self.conv.bias, stride=k)
-            out.append(self.entropy.at_latents(hyper, share, ctx.flatten(2), r, c, k))
+            out.append(self.entropy.at_latents(hyper, share, ctx, r, c, k))
         return out
 
     def forward(

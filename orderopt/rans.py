@@ -210,11 +210,11 @@ def encode(stages: list[tuple[np.ndarray, np.ndarray, np.ndarray]], grid: Grid =
         raise ValueError("symbols must lie within 2^30 of finite means")
     offsets = np.cumsum([0] + [len(stage[0]) for stage in stages])
     edges = [o + chunks(len(stage[0]), substreams) for o, stage in zip(offsets[:-1], stages, strict=True)]
-    parts = []
+    parts, args = [], _args(grid)
     for j in range(substreams):
         idx = np.concatenate([np.arange(e[j], e[j + 1]) for e in edges] + [[]]).astype(np.int64)
         out = np.empty(3 * len(idx) + 2, dtype=np.uint32)  # ≤ 3 words per (escaped) symbol
-        parts.append(_encode(*(v[idx] for v in flat), *_args(grid), out))
+        parts.append(_encode(*(v[idx] for v in flat), *args, out))
     return np.concatenate([np.array([substreams] + [len(p) for p in parts], dtype=np.uint32), *parts])
 
 
@@ -260,22 +260,18 @@ class Decoder:
         stds = np.ascontiguousarray(stds, dtype=np.float64)
         if len(means) != len(stds):
             raise ValueError("means and stds must have the same length")
-        out = np.empty(len(means), dtype=np.int64)
-        if self.substreams == 1:  # the common case, and the autoregressive model's many small stages
-            x, pos = _decode(self.parts[0], self.pos[0], self.xs[0], means, stds, *self.args, out)
-            self.xs[0], self.pos[0] = x, pos
-            if pos < 0:
-                raise StreamError("rANS stream ended before its last symbol")
-            return out
-        edges = chunks(len(means), self.substreams)
-        if len(means) >= self.PARALLEL_MIN:
+        n, out = len(means), np.empty(len(means), dtype=np.int64)
+        # one substream needs no chunk edges: the autoregressive model's many small stages
+        edges = chunks(n, self.substreams) if self.substreams > 1 else (0, n)
+        if self.substreams > 1 and n >= self.PARALLEL_MIN:
             _decode_parallel(self.words, self.bounds, self.xs, self.pos, edges, means, stds, *self.args, out)
         else:
             for j, part in enumerate(self.parts):
                 a, b = edges[j], edges[j + 1]
-                x, pos = _decode(part, self.pos[j], self.xs[j], means[a:b], stds[a:b], *self.args, out[a:b])
-                self.xs[j], self.pos[j] = x, pos
-        if (self.pos < 0).any():
+                self.xs[j], self.pos[j] = _decode(
+                    part, self.pos[j], self.xs[j], means[a:b], stds[a:b], *self.args, out[a:b]
+                )
+        if self.pos.min() < 0:
             raise StreamError("rANS stream ended before its last symbol")
         return out
 
