@@ -181,6 +181,18 @@ def test_proxy_stage_params_match_the_masked_pass(patch):
         torch.testing.assert_close(s, scales[:, :, r::patch, c::patch], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("patch, taps", [(2, 32), (4, 192)])
+def test_stages_multiply_only_by_the_taps_that_see_decoded_latents(patch, taps):
+    """The figures the README quotes: 32 of the 2×2 paper order's 100 kernel taps, 192 of the
+    4×4 order's 400; the first stage has none."""
+    order = o.paper_order(patch)
+    model = MultistageContext(order, M, CH)
+    per_position = model.tap_matrices()
+    assert sum(len(t) for t, _ in per_position) == int(model.mask.sum()) == taps
+    (r, c), *_ = order.stage_positions(0)
+    assert per_position[r * patch + c] == ([], None)
+
+
 def test_masked_weight_cache_follows_weight_changes():
     model = randomize(MultistageContext(o.paper_order(2), M, CH)).eval()
     y = torch.randn(1, M, 6, 6)
