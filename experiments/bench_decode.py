@@ -9,6 +9,12 @@ depend on the architecture and the number of stages, not on the trained values o
 weights, so dedicated models are used at their initialisation unless trained checkpoints
 are given with ``--context NAME=CKPT``.
 
+Every schedule is timed with the context network computing in each of ``--precision``
+(default: float32 and bfloat16; bfloat16 rows are named "schedule (bfloat16)"): bfloat16 lets
+the batched stages of multistage models run on matrix units (Intel AMX here), while a serial
+decoder's matrix–vector products gain nothing from them. The autoregressive / 4×4 ratio is
+given per precision and for the fastest decoder of each.
+
 ŷ is coded with ``--coder`` (default rans, orderopt's compiled table coder, with the codec's
 default substreams; ``gaussian`` is constriction's per-symbol quantized Gaussian). With
 ``--device cuda`` the networks run on the GPU (entropy coding stays on the CPU: the coder is
@@ -17,6 +23,7 @@ CPU code) and every stage pays the device→host copy its coder needs.
 Writes results/decode_time.{json,md} (``decode_time_cuda.*`` with --device cuda, and a
 ``_gaussian`` suffix with --coder gaussian).
     python experiments/bench_decode.py [--repeat 7] [--device cuda] [--coder gaussian]
+        [--precision float32 bfloat16]
 """
 
 from __future__ import annotations
@@ -52,6 +59,13 @@ def main() -> None:
     p.add_argument("--context", action="append", default=[], help="NAME=CKPT: trained model for a schedule")
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--coder", choices=codec.CODERS, default="rans", help="ŷ entropy coder")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=list(codec.PRECISIONS),
+        default=["float32", "bfloat16"],
+        help="context-network precisions to time every schedule in",
+    )
     add_device_option(p, "cpu", " of the networks")
     args = p.parse_args()
     rans.prepare()
@@ -75,19 +89,26 @@ def main() -> None:
         )
     for model, _ in models.values():
         model.to(device)
+
+    def label(name: str, precision: str) -> str:
+        return name if precision == "float32" else f"{name} ({precision})"
+
+    timings = [(label(n, p), n, p) for n in models for p in args.precision]
     rows = []
     for im in data.load_images(None):
         h, w = im.image.shape[1:]
         encoded = {
-            name: codec.encode(im.image, base, meta["hash"], model, cmeta, coder=args.coder)
-            for name, (model, cmeta) in models.items()
+            key: codec.encode(
+                im.image, base, meta["hash"], *models[name], coder=args.coder, precision=precision
+            )
+            for key, name, precision in timings
         }
-        timed: dict[str, list] = {name: [] for name in models}
+        timed: dict[str, list] = {key: [] for key, _, _ in timings}
         for _ in range(args.repeat):  # schedules take turns, so that the machine's drift hits all alike
-            for name, (model, cmeta) in models.items():
-                timed[name].append(codec.decode(encoded[name].stream, base, meta["hash"], model, cmeta))
-        for name, (model, _) in models.items():
-            enc, runs = encoded[name], timed[name]
+            for key, name, _ in timings:
+                timed[key].append(codec.decode(encoded[key].stream, base, meta["hash"], *models[name]))
+        for key, name, precision in timings:
+            enc, runs = encoded[key], timed[key]
             assert torch.equal(runs[0].y_hat, enc.y_hat)
             best = sorted(runs, key=lambda r: r.latent_seconds)[len(runs) // 2]
             rows.append(
@@ -95,8 +116,9 @@ def main() -> None:
                     "image": im.name,
                     "width": w,
                     "height": h,
-                    "schedule": name,
-                    "stages": codec.make_schedule(model, None, *enc.y_hat.shape[1:]).num_stages,
+                    "schedule": key,
+                    "precision": precision,
+                    "stages": codec.make_schedule(models[name][0], None, *enc.y_hat.shape[1:]).num_stages,
                     "latent_s": best.latent_seconds,
                     "network_s": best.network_seconds,
                     "coding_s": best.coding_seconds,
@@ -104,27 +126,40 @@ def main() -> None:
                     "synthesis_s": best.synthesis_seconds,
                     "decode_s": best.seconds,
                     "bytes": len(enc.stream),
+                    "estimated_bits": enc.estimated_bits,
                     "substreams": int(codec.unpack(enc.stream)[2][0]) if args.coder == "rans" else None,
                 }
             )
             print(
-                f"{im.name:12s} {name:15s} ŷ {1e3 * best.latent_seconds:8.1f} ms (network "
+                f"{im.name:12s} {key:26s} ŷ {1e3 * best.latent_seconds:8.1f} ms (network "
                 f"{1e3 * best.network_seconds:.1f}, coding {1e3 * best.coding_seconds:.1f}); "
                 f"whole decode {1e3 * best.seconds:.1f} ms"
             )
     keys = ("latent_s", "network_s", "coding_s", "hyper_s", "synthesis_s", "decode_s")
     summary = {
-        name: {k: statistics.median(x[k] for x in rows if x["schedule"] == name) for k in keys}
-        for name in SCHEDULES
+        key: {k: statistics.median(x[k] for x in rows if x["schedule"] == key) for k in keys}
+        for key, _, _ in timings
     }
-    moto = {x["schedule"]: x["latent_s"] for x in rows if x["image"] == "motorcycle"}
-    moto_net = {x["schedule"]: x["network_s"] for x in rows if x["image"] == "motorcycle"}
-    ratios = {
-        "2x2_over_checkerboard": summary["paper 2x2"]["latent_s"] / summary["checkerboard"]["latent_s"],
-        "4x4_over_checkerboard": summary["paper 4x4"]["latent_s"] / summary["checkerboard"]["latent_s"],
-        "autoregressive_over_4x4_on_768x512": moto["autoregressive"] / moto["paper 4x4"],
-        "autoregressive_over_4x4_network_only_on_768x512": moto_net["autoregressive"] / moto_net["paper 4x4"],
+    moto = {x["schedule"]: x for x in rows if x["image"] == "motorcycle"}
+    ratios = {}
+    for p in args.precision:
+        ar, k4 = moto[label("autoregressive", p)], moto[label("paper 4x4", p)]
+        cb, k2 = summary[label("checkerboard", p)], summary[label("paper 2x2", p)]
+        suffix = "" if p == "float32" else f"_{p}"
+        ratios |= {
+            f"2x2_over_checkerboard{suffix}": k2["latent_s"] / cb["latent_s"],
+            f"4x4_over_checkerboard{suffix}": summary[label("paper 4x4", p)]["latent_s"] / cb["latent_s"],
+            f"autoregressive_over_4x4_on_768x512{suffix}": ar["latent_s"] / k4["latent_s"],
+            f"autoregressive_over_4x4_network_only_on_768x512{suffix}": ar["network_s"] / k4["network_s"],
+        }
+    fastest = {
+        name: min((moto[label(name, p)] for p in args.precision), key=lambda x: x["latent_s"])
+        for name in ("autoregressive", "paper 4x4")
     }
+    ratios["autoregressive_over_4x4_on_768x512_fastest"] = (
+        fastest["autoregressive"]["latent_s"] / fastest["paper 4x4"]["latent_s"]
+    )
+    ratios["fastest_precision"] = {name: x["precision"] for name, x in fastest.items()}
     where = device_name("cpu")
     if device.type == "cuda":
         where = f"{device_name(device)} for the networks, entropy coding on the {where}"
@@ -132,6 +167,7 @@ def main() -> None:
         "python experiments/bench_decode.py"
         + (f" --device {args.device}" if device.type != "cpu" else "")
         + (f" --coder {args.coder}" if args.coder != "rans" else "")
+        + (f" --precision {' '.join(args.precision)}" if args.precision != ["float32", "bfloat16"] else "")
     )
     result = {
         "device": where,
@@ -159,15 +195,30 @@ def main() -> None:
         st = next(x["stages"] for x in rows if x["schedule"] == name and x["image"] == "motorcycle")
         cells = " | ".join(f"{1e3 * v[k]:.1f}" for k in keys)
         lines.append(f"| {name} | {st} | {cells} |")
+    summary_lines = []
+    for p in args.precision:
+        sx = "" if p == "float32" else f"_{p}"
+        summary_lines.append(
+            f"{p}: ŷ decoding time, 2×2 / checkerboard: {ratios['2x2_over_checkerboard' + sx]:.2f}×; "
+            f"4×4 / checkerboard: {ratios['4x4_over_checkerboard' + sx]:.2f}×; autoregressive / 4×4 on "
+            f"the 768×512 (padded) motorcycle: {ratios['autoregressive_over_4x4_on_768x512' + sx]:.1f}× "
+            f"(context network alone: {ratios['autoregressive_over_4x4_network_only_on_768x512' + sx]:.1f}×)."
+        )
+    fp = ratios["fastest_precision"]
+    summary_lines.append(
+        f"The fastest decoder of each (autoregressive in {fp['autoregressive']}, 4×4 in "
+        f"{fp['paper 4x4']}): autoregressive / 4×4 on the motorcycle "
+        f"{ratios['autoregressive_over_4x4_on_768x512_fastest']:.1f}×."
+    )
     text = (
         f"# Decoding time ({result['device']}, torch {result['torch']}, ŷ coder {args.coder})\n\n"
         f"Median over the embedded photographs of the median of {args.repeat} decodes (the schedules "
         "take turns). "
-        f"Regenerate: `{result['command']}`. {result['note']}.\n\n" + "\n".join(lines) + "\n\n"
-        f"ŷ decoding time, 2×2 / checkerboard: {ratios['2x2_over_checkerboard']:.2f}×; "
-        f"4×4 / checkerboard: {ratios['4x4_over_checkerboard']:.2f}×; autoregressive / 4×4 on the "
-        f"768×512 (padded) motorcycle: {ratios['autoregressive_over_4x4_on_768x512']:.1f}× "
-        f"(context network alone: {ratios['autoregressive_over_4x4_network_only_on_768x512']:.1f}×).\n"
+        f"Regenerate: `{result['command']}`. {result['note']}.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n\n".join(summary_lines)
+        + "\n"
     )
     atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(text))
     print(json.dumps(ratios, indent=2))

@@ -22,14 +22,16 @@ Container (little-endian)::
             | CRC-32 of everything before it u32 | ẑ stream (u32 words) | ŷ stream (u32 words)
 
 The header names the base model's hash, the context model (kind, order, hash), the image
-size, the latent shapes and symbol ranges, the ŷ coder (with its table grid), and the device
-type the networks ran on (floating point differs between devices, so a stream decodes exactly
-only on the same kind), so that a stream decodes on its own.
+size, the latent shapes and symbol ranges, the ŷ coder (with its table grid), the device type
+the networks ran on and the precision of the context network (float32 or bfloat16; floating
+point differs between devices, so a stream decodes exactly only on the same kind), so that a
+stream decodes on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import struct
 import time
@@ -44,7 +46,13 @@ from PIL import Image
 
 from . import data, rans
 from . import orders as od
-from .context import AnyOrderContext, AutoregressiveContext, ContextModel, MultistageContext
+from .context import (
+    AnyOrderContext,
+    AutoregressiveContext,
+    ContextModel,
+    DecodingState,
+    MultistageContext,
+)
 from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .evaluate import to_uint8
@@ -53,9 +61,11 @@ from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_mode
 
 # The version changes with the format and with the arithmetic of the stage parameters: a
 # stream decodes exactly only with the arithmetic that wrote it. 3: ŷ coder recorded, rANS,
-# stages computed at their own latents only.
-MAGIC, VERSION = b"OOPT", 3
+# stages computed at their own latents only. 4: a stage's symbols in latent-major order, its
+# parameters in row layout, and the context network's precision recorded.
+MAGIC, VERSION = b"OOPT", 4
 CODERS = ("rans", "gaussian")
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _PREFIX = struct.Struct("<4sBI")
 WEIGHTS = SHIPPED.parent  # the shipped weights folder
 
@@ -68,15 +78,16 @@ class Schedule:
     shape: tuple[int, int]  # (H, W) of ŷ
 
     def params(self, y: torch.Tensor, hyper: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means, scales), each (M, n_t), of stage t's latents, in :meth:`take`'s order."""
+        """(means, scales), each (n_t, M) in float32, of stage t's latents, in :meth:`take`'s
+        order."""
         raise NotImplementedError
 
     def take(self, y: torch.Tensor, t: int) -> torch.Tensor:
-        """Stage t's latents of y (1, M, H, W) as (M, n_t)."""
+        """Stage t's latents of y (1, M, H, W) as rows (n_t, M)."""
         raise NotImplementedError
 
     def put(self, y: torch.Tensor, t: int, values: torch.Tensor) -> None:
-        """Write (M, n_t) values of stage t into y, inverse of :meth:`take`."""
+        """Write (n_t, M) values of stage t into y, inverse of :meth:`take`."""
         raise NotImplementedError
 
     def new_latents(self, channels: int, device: torch.device) -> torch.Tensor:
@@ -85,40 +96,60 @@ class Schedule:
 
 
 class OrderSchedule(Schedule):
-    """Stages of a decoding order, with a dedicated multistage model or the any-order proxy."""
+    """Stages of a decoding order, with a dedicated multistage model or the any-order proxy,
+    the context network's arithmetic in ``dtype``."""
 
-    def __init__(self, model: ContextModel, order: od.DecodingOrder, height: int, width: int):
-        self.model, self.order = model, order
+    def __init__(
+        self, model: ContextModel, order: od.DecodingOrder, height: int, width: int, dtype=torch.float32
+    ):
+        self.order, self.dtype = order, dtype
         self.num_stages, self.shape = order.num_stages, (height, width)
+        self.positions = [list(order.stage_positions(t)) for t in range(order.num_stages)]
+        if isinstance(model, AnyOrderContext) and dtype != next(model.parameters()).dtype:
+            model = copy.deepcopy(model).to(dtype)  # the proxy is small; a multistage model casts its own
+        self.model = model
         device = next(model.parameters()).device
         self.stage = torch.from_numpy(order.stage_map(height, width)).to(device)
-        self._share: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._state: tuple[torch.Tensor, object] | None = None  # (hyper, its DecodingState or h's share)
+
+    def _for(self, hyper: torch.Tensor):
+        """Per image (``hyper``): the multistage model's DecodingState, or the proxy's share of h."""
+        if self._state is None or self._state[0] is not hyper:
+            if isinstance(self.model, MultistageContext):
+                state = DecodingState(self.model, hyper, self.dtype)
+            else:
+                state = self.model.entropy.hyper_in(hyper.to(self.dtype))
+            self._state = (hyper, state)
+        return self._state[1]
 
     def params(self, y, hyper, t):
         """Only this stage's latents: per in-patch position, a strided computation."""
-        if self._share is None or self._share[0] is not hyper:  # h's share, once per image
-            self._share = (hyper, self.model.entropy.hyper_in(hyper))
-        positions = list(self.order.stage_positions(t))
-        if isinstance(self.model, MultistageContext):
-            out = self.model.stage_params(y, hyper, positions, self._share[1])
+        state = self._for(hyper)
+        if isinstance(state, DecodingState):
+            out = [state.params(r, c) for r, c in self.positions[t]]
         else:  # the proxy, given the decoded set S_t
-            decoded = (self.stage < t).to(y)[None, None]
-            out = self.model.stage_params(y, hyper, decoded, positions, self._share[1])
-        return (
-            torch.cat([m[0].flatten(1) for m, _ in out], 1),
-            torch.cat([s[0].flatten(1) for _, s in out], 1),
-        )
+            decoded = (self.stage < t).to(self.dtype)[None, None]
+            y, hyper = y.to(self.dtype), hyper.to(self.dtype)
+            out = self.model.stage_params(y, hyper, decoded, self.positions[t], state)
+            out = [
+                (m.flatten(2).transpose(1, 2).float(), s.flatten(2).transpose(1, 2).float()) for m, s in out
+            ]
+        return torch.cat([m[0] for m, _ in out]), torch.cat([s[0] for _, s in out])
 
     def take(self, y, t):
         k = self.order.patch
-        return torch.cat([y[0][:, r::k, c::k].flatten(1) for r, c in self.order.stage_positions(t)], 1)
+        return torch.cat([y[0][:, r::k, c::k].flatten(1).T for r, c in self.positions[t]])
 
     def put(self, y, t, values):
         k, start = self.order.patch, 0
-        for r, c in self.order.stage_positions(t):
+        state = self._state[1] if self._state is not None else None
+        for r, c in self.positions[t]:
             grid = y[0][:, r::k, c::k]
             n = grid.shape[1] * grid.shape[2]
-            y[0][:, r::k, c::k] = values[:, start : start + n].reshape(grid.shape)
+            part = values[start : start + n]
+            grid.copy_(part.T.reshape(grid.shape))
+            if isinstance(state, DecodingState):
+                state.put(r, c, part[None])
             start += n
 
 
@@ -131,8 +162,10 @@ class RasterSchedule(Schedule):
     two window gathers and a few small matrix–vector products, no full convolutions.
     """
 
-    def __init__(self, model: AutoregressiveContext, height: int, width: int):
-        self.model, self.h, self.w = model, height, width
+    def __init__(self, model: AutoregressiveContext, height: int, width: int, dtype=torch.float32):
+        if dtype != model.conv.weight.dtype:
+            model = copy.deepcopy(model).to(dtype)
+        self.model, self.h, self.w, self.dtype = model, height, width, dtype
         self.num_stages, self.shape = height * width, (height, width)
         self.half = half = model.kernel_size // 2
         w = model.conv.weight  # (2M, M, K, K), mask A: rows < half, and row half left of centre
@@ -140,40 +173,49 @@ class RasterSchedule(Schedule):
         self.w_left = w[:, :, half, :half].flatten(1)
         self.ctx_in = model.entropy.ctx_in.weight[:, :, 0, 0]
         self._padded: torch.Tensor | None = None
+        self._work: torch.Tensor | None = None  # _padded in dtype
         self._hyper: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def new_latents(self, channels, device):
         half = self.half
         self._padded = torch.zeros(1, channels, self.h + 2 * half, self.w + 2 * half, device=device)
+        self._work = self._padded if self.dtype == torch.float32 else self._padded.to(self.dtype)
         return self._padded[:, :, half : half + self.h, half : half + self.w]
 
     def take(self, y, t):
         i, j = divmod(t, self.w)
-        return y[0, :, i, j, None]
+        return y[0, :, i, j][None]
 
     def put(self, y, t, values):
         i, j = divmod(t, self.w)
-        y[0, :, i, j] = values[:, 0]
+        y[0, :, i, j] = values[0]
+        if self._work is not self._padded:
+            self._work[0, :, i + self.half, j + self.half] = values[0]
 
     def params(self, y, hyper, t):
         if self._padded is None or y._base is not self._padded:
             raise ValueError("RasterSchedule.params needs the latents from its new_latents()")
         if self._hyper is None or self._hyper[0] is not hyper:  # h's share, once per image
-            self._hyper = (hyper, self.model.entropy.hyper_in(hyper)[0].flatten(1).T.contiguous())
+            share = self.model.entropy.hyper_in(hyper.to(self.dtype))
+            self._hyper = (hyper, share[0].flatten(1).T.contiguous())
         i, j = divmod(t, self.w)
         k, half = self.model.kernel_size, self.half
-        above = self._padded[0, :, i : i + half, j : j + k].reshape(-1)
-        left = self._padded[0, :, i + half, j : j + half].reshape(-1)
+        above = self._work[0, :, i : i + half, j : j + k].reshape(-1)
+        left = self._work[0, :, i + half, j : j + half].reshape(-1)
         ctx = torch.addmv(torch.addmv(self.model.conv.bias, self.w_above, above), self.w_left, left)
         m, s = self.model.entropy.tail_rows(torch.addmv(self._hyper[1][t], self.ctx_in, ctx))
-        return m[:, None], s[:, None]
+        return m[None].float(), s[None].float()
 
 
-def make_schedule(model: ContextModel, order: od.DecodingOrder | None, height: int, width: int) -> Schedule:
+def make_schedule(
+    model: ContextModel, order: od.DecodingOrder | None, height: int, width: int, dtype=torch.float32
+) -> Schedule:
+    """The stages of ``model`` (and ``order``, for the proxy) on an H×W latent grid, the context
+    network's arithmetic in ``dtype``."""
     if isinstance(model, AutoregressiveContext):
-        return RasterSchedule(model, height, width)
+        return RasterSchedule(model, height, width, dtype)
     if isinstance(model, MultistageContext):
-        return OrderSchedule(model, model.order, height, width)
+        return OrderSchedule(model, model.order, height, width, dtype)
     if order is None:
         raise UserError("coding with the any-order proxy needs --order")
     if isinstance(model, AnyOrderContext) and model.patch % order.patch:
@@ -181,7 +223,7 @@ def make_schedule(model: ContextModel, order: od.DecodingOrder | None, height: i
             f"order {order} ({order.patch}×{order.patch}) does not tile the proxy's "
             f"{model.patch}×{model.patch} patch; use a proxy of a multiple of {order.patch}"
         )
-    return OrderSchedule(model, proxy_order(order, model.patch), height, width)
+    return OrderSchedule(model, proxy_order(order, model.patch), height, width, dtype)
 
 
 def proxy_order(order: od.DecodingOrder, patch: int) -> od.DecodingOrder:
@@ -307,20 +349,25 @@ def encode(
     order: od.DecodingOrder | None = None,
     coder: str = "rans",
     substreams: int | None = None,
+    precision: str = "float32",
 ) -> Encoded:
     """Encode one image (3, H, W) in [0, 1] with ŷ's ``coder`` (``rans`` with ``substreams``,
-    default: :func:`auto_substreams`; or ``gaussian``). The networks run on the models' device
-    and the stream records it: floating-point results differ between devices, so a stream
-    decodes exactly only with the networks on the same kind of device."""
+    default: :func:`auto_substreams`; or ``gaussian``), the context network computing in
+    ``precision`` (float32, or bfloat16: see :data:`PRECISIONS`). The networks run on the
+    models' device and the stream records it and the precision: floating-point results differ
+    between devices, so a stream decodes exactly only with the networks on the same kind of
+    device."""
     if coder not in CODERS:
         raise UserError(f"unknown ŷ coder {coder!r}; choose one of {', '.join(CODERS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     t0 = time.perf_counter()
     device = networks_device(base, context)
     x, size = data.pad_to_multiple(image[None].to(device))
     a = base.analyze(x)
     y_hat, z_hat, hyper = a.y_hat, a.z_hat, a.hyper
     _, m, h, w = y_hat.shape
-    schedule = make_schedule(context, order, h, w)
+    schedule = make_schedule(context, order, h, w, PRECISIONS[precision])
     if isinstance(context, AnyOrderContext):
         order = schedule.order  # tiled to the proxy's patch, as the decoder rebuilds it
     # symbol ranges of at least two values: the coder's distributions need two symbols
@@ -350,6 +397,7 @@ def encode(
         "y_range": [ylo, yhi],
         "coder": {"name": coder, **(rans_header() if coder == "rans" else {})},
         "device": device.type,
+        "precision": precision,
     }
     est_z = float(-np.log2(probs[np.arange(zs.shape[0])[:, None], (zs - zlo).long().numpy()]).sum())
     return Encoded(
@@ -453,7 +501,9 @@ def decode(
     hyper = base.h_s(z_hat)
     m, h, w = header["y_shape"]
     order = od.DecodingOrder.parse(header["order"]) if header.get("order") else None
-    schedule = make_schedule(context, order, h, w)
+    if header.get("precision") not in PRECISIONS:
+        raise UserError(f"stream's context network precision {header.get('precision')!r} is unknown")
+    schedule = make_schedule(context, order, h, w, PRECISIONS[header["precision"]])
     if device.type == "cuda":  # kernels run asynchronously: wait for h_s before reading the clock
         torch.cuda.synchronize(device)
     hyper_s = time.perf_counter() - t
@@ -467,7 +517,7 @@ def decode(
             net += time.perf_counter() - t
             t = time.perf_counter()
             vals = dec.decode(means, stds)
-            schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(m, -1).to(device))
+            schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(-1, m).to(device))
             coding += time.perf_counter() - t
     except rans.StreamError as e:
         raise UserError(f"stream is corrupt ({e})") from None
@@ -524,6 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rANS substreams, decodable in parallel, 12 bytes each (default: one per 64k symbols "
         "of stages large enough for threads, at most 16)",
     )
+    e.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="float32",
+        help="arithmetic of the context network; bfloat16 runs the batched stages of multistage "
+        "models on matrix units (Intel AMX, tensor cores) several times faster, at a small rate cost "
+        "(see the README), and is slower without them; the decoder uses what the stream records",
+    )
     for q in (
         e,
         sub.add_parser("decode", help="stream -> PNG", formatter_class=HelpFormatter),
@@ -560,7 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         context, cmeta = context_for(args, order)
         context.to(device)
         image = data.load_image(args.image)
-        enc = encode(image, base, meta["hash"], context, cmeta, order, args.coder, args.substreams)
+        enc = encode(
+            image, base, meta["hash"], context, cmeta, order, args.coder, args.substreams, args.precision
+        )
         Path(args.out).write_bytes(enc.stream)
         npix = image.shape[1] * image.shape[2]
         _, z_words, y_words = unpack(enc.stream)

@@ -113,14 +113,14 @@ class MultistageContext(ContextModel):
         )
         self.register_buffer("mask", masks.float(), persistent=False)
         self.entropy = EntropyParameters(m, hyper_channels, self.ctx_channels)
-        self._cache: dict[str, tuple] = {}  # weights derived from `weight`, see _derived
+        self._cache: dict[str, tuple] = {}  # tensors derived from the weights, see _derived
 
     def _derived(self, name: str, build) -> torch.Tensor:
         """``build()``, a tensor derived from the weights; outside autograd it is cached until
-        the weights change (in place too, as an optimizer step or load_state_dict does)."""
+        a parameter changes (in place too, as an optimizer step or load_state_dict does)."""
         if torch.is_grad_enabled():
             return build()
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.device, self.weight.dtype)
+        key = tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in self.parameters())
         hit = self._cache.get(name)
         if hit is None or hit[0] != key:
             self._cache[name] = hit = (key, build())
@@ -224,49 +224,130 @@ class MultistageContext(ContextModel):
         return self.entropy(hyper, self.context(y_hat))
 
     def stage_params(
-        self,
-        y_hat: torch.Tensor,
-        hyper: torch.Tensor,
-        positions: list[tuple[int, int]],
-        share: torch.Tensor | None = None,
+        self, y_hat: torch.Tensor, hyper: torch.Tensor, positions: list[tuple[int, int]]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(means, scales) of the latents at the given in-patch positions only, each of shape
-        (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉): what a decoder computes at one stage. ``share`` is
-        ``entropy.hyper_in(hyper)``, h's share of the entropy network: a decoder computes it
-        once per image."""
-        k, half = self.order.patch, self.kernel_size // 2
-        b, _, height, width = y_hat.shape
-        padded = F.pad(y_hat, (half, half, half, half))
+        (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉), computed as a decoder computes them (see
+        :class:`DecodingState`), with all of ŷ known."""
+        state = DecodingState(self, hyper)
+        state.load(y_hat)
+        k, (b, m, height, width) = self.order.patch, y_hat.shape
         out = []
         for r, c in positions:
-            q = r * k + c
-            rows, cols = -(-(height - r) // k), -(-(width - c) // k)
-            taps, matrix = self.tap_matrices()[q]
-            if matrix is None:  # nothing decoded nearby yet: the context is the bias
-                ctx = self.bias[q].view(1, -1, 1, 1).expand(b, -1, rows, cols)
-            else:  # the latents under each tap, for this position's latents only: (B, M·T, n)
-                h_end, w_end = (rows - 1) * k + 1, (cols - 1) * k + 1
-                seen = [padded[:, :, r + i : r + i + h_end : k, c + j : c + j + w_end : k] for i, j in taps]
-                x = torch.stack(seen, 2).view(b, -1, rows * cols)
-                ctx = torch.baddbmm(self.bias[q][None, :, None], matrix.expand(b, -1, -1), x)
-                ctx = ctx.view(b, -1, rows, cols)
-            out.append(self.entropy.at_latents(hyper, share, ctx, r, c, k))
+            grid = (b, -(-(height - r) // k), -(-(width - c) // k), m)
+            means, scales = state.params(r, c)
+            out.append(tuple(v.reshape(grid).permute(0, 3, 1, 2) for v in (means, scales)))
         return out
 
-    def tap_matrices(self) -> list[tuple[list[tuple[int, int]], torch.Tensor | None]]:
+    def tap_matrices(
+        self, dtype: torch.dtype | None = None
+    ) -> list[tuple[list[tuple[int, int]], torch.Tensor | None]]:
         """Per position q, the kernel taps that see decoded latents and the masked kernel at
-        those taps as a (2M, M·T) matrix (None: no taps). Decoding multiplies by these only:
-        48% of the 5×5 taps for the paper's 4×4 order, 32% for 2×2."""
+        those taps as a (2M, T·M) matrix (tap-major), in ``dtype`` (None: no taps). Decoding
+        multiplies by these only: 48% of the 5×5 taps for the paper's 4×4 order, 32% for 2×2."""
+        dtype = dtype or self.weight.dtype
 
         def build() -> list[tuple[list[tuple[int, int]], torch.Tensor | None]]:
             w, out = self.masked_weight(), []
             for q in range(self.order.patch**2):
                 taps = [tuple(t) for t in self.mask[q, 0, 0].nonzero().tolist()]
-                matrix = torch.stack([w[q][:, :, i, j] for i, j in taps], 2).flatten(1) if taps else None
-                out.append((taps, matrix))
+                matrix = torch.stack([w[q][:, :, i, j] for i, j in taps], 1).flatten(1) if taps else None
+                out.append((taps, matrix.to(dtype) if matrix is not None else None))
             return out
 
-        return self._derived("taps", build)
+        return self._derived(f"taps-{dtype}", build)
+
+    def entropy_weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The entropy network's weights as matrices, and each position's context bias, in
+        ``dtype`` (cached outside autograd)."""
+        dtype = dtype or self.weight.dtype
+
+        def build() -> dict[str, torch.Tensor]:
+            e = self.entropy
+            _, c2, _, c3 = e.rest
+            weights = {
+                "hyper_in": e.hyper_in.weight[:, :, 0, 0],
+                "hyper_bias": e.hyper_in.bias,
+                "ctx_in": e.ctx_in.weight[:, :, 0, 0],
+                "w2": c2.weight[:, :, 0, 0],
+                "b2": c2.bias,
+                "w3": c3.weight[:, :, 0, 0],
+                "b3": c3.bias,
+                "bias": self.bias,
+            }
+            return {name: v.to(dtype) for name, v in weights.items()}
+
+        return self._derived(f"entropy-{dtype}", build)
+
+
+class DecodingState:
+    """A multistage model's decoder for one image: ŷ as far as it is decoded, and the Gaussian
+    parameters of one in-patch position's latents given it, at those latents only.
+
+    Everything is laid out as rows, one per latent (latents × channels). ŷ lives in a
+    zero-padded buffer that :meth:`put` fills in, so a stage gathers its latents' decoded
+    neighbours under the taps that see any (rows of M contiguous values) with one precomputed
+    index, instead of padding and slicing ŷ; a stage is then four matrix products. h's share of
+    the entropy network is computed once per image. The arithmetic runs in ``dtype``: float32,
+    or bfloat16 where matrix units make batched products several times faster (an encoder and
+    its decoder must use the same).
+    """
+
+    def __init__(self, model: MultistageContext, hyper: torch.Tensor, dtype: torch.dtype | None = None):
+        b, _, height, width = hyper.shape
+        self.model, self.dtype = model, dtype or model.weight.dtype
+        self.k, half = model.order.patch, model.kernel_size // 2
+        self.shape, self.pw = (height, width), width + 2 * half
+        self.taps = model.tap_matrices(self.dtype)
+        self.weights = w = model.entropy_weights(self.dtype)
+        rows = hyper.to(self.dtype).flatten(2).transpose(1, 2)  # (B, H·W, C_h)
+        self.share = F.linear(rows, w["hyper_in"], w["hyper_bias"])
+        m = model.weight.shape[2]
+        self.buffer = hyper.new_zeros(b, (height + 2 * half) * self.pw, m, dtype=self.dtype)
+        self._where: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def _indices(self, r: int, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Position (r, c)'s latents in raster order: their flat index in ŷ and in the padded
+        buffer, and the buffer index of each of their taps (latent-major), once per image."""
+        hit = self._where.get((r, c))
+        if hit is None:
+            (height, width), k, dev = self.shape, self.k, self.buffer.device
+            half = self.model.kernel_size // 2
+            rows = torch.arange(r, height, k, device=dev)[:, None]
+            cols = torch.arange(c, width, k, device=dev)[None, :]
+            plain = (rows * width + cols).reshape(-1)
+            corner = (rows * self.pw + cols).reshape(-1)  # tap (i, j) of (y, x) reads padded (y + i, x + j)
+            taps, _ = self.taps[r * k + c]
+            offsets = torch.tensor([i * self.pw + j for i, j in taps], dtype=torch.long, device=dev)
+            gather = (corner[:, None] + offsets).reshape(-1) if taps else None
+            hit = self._where[(r, c)] = (plain, corner + half * self.pw + half, gather)
+        return hit
+
+    def load(self, y_hat: torch.Tensor) -> None:
+        """Put all of ŷ (B, M, H, W) into the buffer (to compute any stage from it)."""
+        half, (height, width) = self.model.kernel_size // 2, self.shape
+        grid = self.buffer.view(self.buffer.shape[0], -1, self.pw, self.buffer.shape[2])
+        grid[:, half : half + height, half : half + width] = y_hat.permute(0, 2, 3, 1).to(self.dtype)
+
+    def put(self, r: int, c: int, values: torch.Tensor) -> None:
+        """Decoded values (B, n, M) of position (r, c)'s latents, in raster order."""
+        self.buffer.index_copy_(1, self._indices(r, c)[1], values.to(self.dtype))
+
+    def params(self, r: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(means, scales), each (B, n, M) in float32, of position (r, c)'s latents in raster
+        order, from the decoded latents under their kernel taps and h's share."""
+        plain, _, gather = self._indices(r, c)
+        (b, _, m), w, q = self.buffer.shape, self.weights, r * self.k + c
+        _, matrix = self.taps[q]
+        share = self.share.index_select(1, plain).flatten(0, 1)  # (B·n, D)
+        if matrix is None:  # nothing decoded nearby yet: the context is the bias
+            pre = share + F.linear(w["bias"][q], w["ctx_in"])
+        else:
+            x = self.buffer.index_select(1, gather).view(share.shape[0], -1)  # (B·n, T·M)
+            pre = torch.addmm(share, F.linear(x, matrix, w["bias"][q]), w["ctx_in"].t())
+        h = F.leaky_relu(F.linear(F.leaky_relu(pre), w["w2"], w["b2"]))
+        out = F.linear(h, w["w3"], w["b3"]).float().view(b, -1, 2 * m)
+        return out[..., :m], out[..., m:]
 
 
 def raster_mask(kernel_size: int = 5) -> torch.Tensor:

@@ -83,14 +83,17 @@ def test_round_trips_are_exact(tmp_path, base, image, device):
             model.synthesize(model.analyze(data.pad_to_multiple(image[None].to(device))[0]).y_hat),
             image.shape[1:],
         )[0].cpu()
-    coders = [("rans", None, 1), ("rans", 3, 3), ("gaussian", None, 0)]  # (coder, substreams, expected)
+    # (coder, substreams, expected substreams, precision of the context network)
+    coders = [("rans", None, 1, "float32"), ("rans", 3, 3, "float32"), ("gaussian", None, 0, "float32")]
+    coders.append(("rans", None, 1, "bfloat16"))
     for name, (ctx, cmeta), order in contexts(tmp_path):
         ctx.to(device)
-        for coder, substreams, parts in coders:
-            enc = codec.encode(image, model, meta["hash"], ctx, cmeta, order, coder, substreams)
+        for coder, substreams, parts, precision in coders:
+            enc = codec.encode(image, model, meta["hash"], ctx, cmeta, order, coder, substreams, precision)
             dec = codec.decode(enc.stream, model, meta["hash"], ctx, cmeta)
             header, z_words, y_words = codec.unpack(enc.stream)
             assert header["device"] == device.type and header["coder"]["name"] == coder
+            assert header["precision"] == precision
             assert torch.equal(dec.y_hat, enc.y_hat), (name, coder)
             assert torch.equal(dec.image, expected), (name, coder)
             payload_bits = 32 * (len(z_words) + len(y_words))
@@ -225,8 +228,8 @@ def test_serial_autoregressive_decoder_matches_the_parallel_model(base, image):
         for t in range(sched.num_stages):
             means, scales = sched.params(y, a.hyper, t)
             i, j = divmod(t, a.y_hat.shape[3])
-            assert torch.allclose(means[:, 0], want_m[0, :, i, j], atol=1e-4)
-            assert torch.allclose(scales[:, 0], want_s[0, :, i, j], atol=1e-4)
+            assert torch.allclose(means[0], want_m[0, :, i, j], atol=1e-4)
+            assert torch.allclose(scales[0], want_s[0, :, i, j], atol=1e-4)
             sched.put(y, t, sched.take(a.y_hat, t))
     assert torch.equal(y, a.y_hat)
 

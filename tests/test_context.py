@@ -8,6 +8,7 @@ from orderopt import orders as o
 from orderopt.context import (
     AnyOrderContext,
     AutoregressiveContext,
+    DecodingState,
     MultistageContext,
     init_from_proxy,
     subset_mask,
@@ -147,8 +148,7 @@ def test_context_on_device_equals_cpu(device):
 
 @pytest.mark.parametrize("order", [o.paper_order(2), o.random_order(3, 4), o.paper_order(4)], ids=str)
 @pytest.mark.parametrize("grad", [True, False])
-@pytest.mark.parametrize("share", [True, False], ids=["share", "no-share"])
-def test_stage_params_match_full_forward(order, grad, share):
+def test_stage_params_match_full_forward(order, grad):
     """What a decoder computes per stage (only the taps that see decoded latents, first stage
     included, where there are none) equals the full forward pass, at every position."""
     k = order.patch
@@ -157,11 +157,31 @@ def test_stage_params_match_full_forward(order, grad, share):
     with torch.set_grad_enabled(grad):
         means, scales = model(y, hyper)
         positions = [(r, c) for r in range(k) for c in range(k)]
-        given = model.entropy.hyper_in(hyper) if share else None
-        stages = model.stage_params(y, hyper, positions, given)
+        stages = model.stage_params(y, hyper, positions)
         for (r, c), (m, s) in zip(positions, stages, strict=True):
             torch.testing.assert_close(m, means[:, :, r::k, c::k])
             torch.testing.assert_close(s, scales[:, :, r::k, c::k])
+
+
+def test_bfloat16_stages_approximate_float32_and_fill_in_decoded_latents():
+    """A decoder in bfloat16 computes the same model to bfloat16's precision, returns float32,
+    and sees exactly the latents put into it (stage by stage, as a decoder fills them in)."""
+    order = o.paper_order(2)
+    model = randomize(MultistageContext(order, M, CH)).eval()
+    y, hyper = torch.randn(1, M, 6, 5).round(), torch.randn(1, CH, 6, 5)
+    with torch.no_grad():
+        full = DecodingState(model, hyper)
+        full.load(y)
+        halves = DecodingState(model, hyper, torch.bfloat16)
+        for t in range(order.num_stages):
+            for r, c in order.stage_positions(t):
+                want, got = full.params(r, c), halves.params(r, c)
+                for w, g in zip(want, got, strict=True):
+                    assert g.dtype == torch.float32
+                    torch.testing.assert_close(g, w, rtol=0.05, atol=0.05)
+            for r, c in order.stage_positions(t):
+                halves.put(r, c, y[:, :, r::2, c::2].flatten(2).transpose(1, 2))
+    assert torch.equal(halves.buffer.float(), full.buffer)
 
 
 @pytest.mark.parametrize("patch", [2, 4])
