@@ -2,7 +2,8 @@
 
     python -m orderopt.codec encode IMAGE OUT.oopt (--order "0,1;2,3" | --kind autoregressive)
     python -m orderopt.codec decode IN.oopt OUT.png
-    (either with --device cuda: the networks on a GPU, entropy coding on the CPU)
+    (either with --device cuda: the networks on a GPU, entropy coding on the CPU; encode with
+    --precision bfloat16: the context network in bfloat16, on matrix units where there are any)
 
 ẑ is coded under the factorized prior (constriction's range coder), ŷ under the Gaussians of a
 context model, with one of two coders: ``rans`` (default; :mod:`orderopt.rans`, compiled and
@@ -111,6 +112,10 @@ class OrderSchedule(Schedule):
         device = next(model.parameters()).device
         self.stage = torch.from_numpy(order.stage_map(height, width)).to(device)
         self._state: tuple[torch.Tensor, object] | None = None  # (hyper, its DecodingState or h's share)
+        k, flat = order.patch, torch.arange(height * width, device=device).view(height, width)
+        # per stage, each position's latents as flat indices into ŷ's H·W grid, in take() order
+        self._flat = [[flat[r::k, c::k].reshape(-1) for r, c in p] for p in self.positions]
+        self._rows: torch.Tensor | None = None
 
     def _for(self, hyper: torch.Tensor):
         """Per image (``hyper``): the multistage model's DecodingState, or the proxy's share of h."""
@@ -140,17 +145,21 @@ class OrderSchedule(Schedule):
         k = self.order.patch
         return torch.cat([y[0][:, r::k, c::k].flatten(1).T for r, c in self.positions[t]])
 
+    def new_latents(self, channels, device):
+        """ŷ stored as rows (H·W, M), so that a stage's values are written as whole rows; the
+        (1, M, H, W) view returned is channels-last."""
+        self._rows = torch.zeros(self.shape[0] * self.shape[1], channels, device=device)
+        return self._rows.view(1, *self.shape, channels).permute(0, 3, 1, 2)
+
     def put(self, y, t, values):
-        k, start = self.order.patch, 0
+        if self._rows is None or y.data_ptr() != self._rows.data_ptr():
+            raise ValueError("OrderSchedule.put needs the latents from its new_latents()")
         state = self._state[1] if self._state is not None else None
-        for r, c in self.positions[t]:
-            grid = y[0][:, r::k, c::k]
-            n = grid.shape[1] * grid.shape[2]
-            part = values[start : start + n]
-            grid.copy_(part.T.reshape(grid.shape))
+        parts = values.split([len(i) for i in self._flat[t]])
+        for (r, c), index, part in zip(self.positions[t], self._flat[t], parts, strict=True):
+            self._rows.index_copy_(0, index, part)
             if isinstance(state, DecodingState):
                 state.put(r, c, part[None])
-            start += n
 
 
 class RasterSchedule(Schedule):
