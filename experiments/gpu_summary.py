@@ -26,7 +26,16 @@ RATIOS = {
     "4x4_over_checkerboard": "4×4 / checkerboard, ŷ decoding",
     "autoregressive_over_4x4_on_768x512": "autoregressive / 4×4 on 768×512, ŷ decoding",
     "autoregressive_over_4x4_network_only_on_768x512": "autoregressive / 4×4 on 768×512, context network",
+    "autoregressive_over_4x4_on_768x512_bfloat16": "autoregressive / 4×4 on 768×512, ŷ decoding, bfloat16",
+    "autoregressive_over_4x4_on_768x512_fastest": "autoregressive / 4×4 on 768×512, fastest of each",
 }
+
+
+def row(label: str, vals: list[float | None], digits: int) -> str:
+    """A table row of one figure per run ('–' where a run lacks it) and the range of the rest."""
+    cells = " | ".join("–" if v is None else f"{v:.{digits}f}" for v in vals)
+    have = [v for v in vals if v is not None]
+    return f"| {label} | {cells} | {min(have):.{digits}f}–{max(have):.{digits}f} |"
 
 
 def decode_lines(results: Path) -> list[str]:
@@ -44,16 +53,14 @@ def decode_lines(results: Path) -> list[str]:
         f"| ŷ coder | {coders} | |",
     ]
     for key, label in RATIOS.items():
-        vals = [d["ratios"][key] for d in data]
-        cells = " | ".join(f"{v:.2f}" for v in vals)
-        lines.append(f"| {label} | {cells} | {min(vals):.2f}–{max(vals):.2f} |")
-    for name in data[0]["median_over_images"]:
+        if any(key in d["ratios"] for d in data):  # older runs lack the bfloat16 figures
+            lines.append(row(label, [d["ratios"].get(key) for d in data], 2))
+    names = dict.fromkeys(name for d in data for name in d["median_over_images"])
+    for name in names:
         for key, what in (("network_s", "context network"), ("latent_s", "ŷ decoding")):
-            vals = [1e3 * d["median_over_images"][name][key] for d in data]
-            cells = " | ".join(f"{v:.1f}" for v in vals)
-            lines.append(
-                f"| {name}: {what} (ms, median over images) | {cells} | {min(vals):.1f}–{max(vals):.1f} |"
-            )
+            vals = [d["median_over_images"].get(name, {}).get(key) for d in data]
+            vals = [None if v is None else 1e3 * v for v in vals]
+            lines.append(row(f"{name}: {what} (ms, median over images)", vals, 1))
     return lines
 
 

@@ -27,6 +27,21 @@ def test_shapes_and_finite_rates(tiny_model):
     assert a.z_bits.shape == (2,) and (a.z_bits > 0).all()
 
 
+def test_synthesis_does_not_depend_on_the_latents_layout():
+    """Decoders hold ŷ in different memory layouts (the order schedules keep it channels-last),
+    and g_s rounds differently in each (at these widths: checked in the assertion's first
+    line); the reconstruction must be the same pixels for all of them."""
+    torch.manual_seed(0)
+    model = HyperpriorCodec(N=32, M=48).eval()
+    y = (3 * torch.randn(1, 48, 6, 8)).round()
+    last = y.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert not torch.equal(model.g_s(y), model.g_s(last))  # the layouts do round differently
+        plain = model.synthesize(y)
+        view = model.synthesize(y[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None])
+        assert torch.equal(plain, model.synthesize(last)) and torch.equal(plain, view)
+
+
 def test_gaussian_likelihood_sums_to_one():
     values = torch.arange(-40, 41).float()
     for mean, scale in [(0.0, 1.0), (0.3, 2.5), (-1.7, 0.2)]:
