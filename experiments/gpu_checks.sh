@@ -3,8 +3,9 @@
 #   [STEPS="tests decode search context train verify"] bash experiments/gpu_checks.sh OUT_DIR
 # tests:   the CUDA variants of the tests (exact codec round trips with the networks on the
 #          GPU; GPU cost table and GPU context features equal to the CPU reference);
-# decode:  decoding time with the networks on the GPU, ŷ coded with orderopt.rans and with
-#          constriction's Gaussian -> OUT_DIR/decode_time_cuda{,_gaussian}.{json,md};
+# decode:  decoding time with the networks on the GPU, ŷ coded with orderopt.rans (context
+#          network in float32 and in bfloat16, tensor cores) and with constriction's Gaussian
+#          (float32 only) -> OUT_DIR/decode_time_cuda{,_gaussian}.{json,md};
 # search:  the exact 4×4 optimum (DP over the full 2^16 × 16 cost table) with the cost table on
 #          the GPU -> OUT_DIR/search-patch4-dp-cuda (compare with results/search-patch4-dp, CPU);
 # context: rate-engine speed on the GPU -> OUT_DIR/bench_context_cuda.{json,md};
@@ -33,8 +34,9 @@ if [[ $steps == *" tests "* ]]; then
     tests/test_codec.py tests/test_costs.py tests/test_context.py tests/test_train.py 2>&1 | tail -4
 fi
 if [[ $steps == *" decode "* ]]; then
-  timeout 240 python3 experiments/bench_decode.py --device cuda --out "$out" 2>&1 | tail -9
-  timeout 240 python3 experiments/bench_decode.py --device cuda --coder gaussian --out "$out" 2>&1 | tail -9
+  timeout 300 python3 experiments/bench_decode.py --device cuda --out "$out" 2>&1 | tail -13
+  timeout 240 python3 experiments/bench_decode.py --device cuda --coder gaussian --precision float32 \
+    --out "$out" 2>&1 | tail -7
 fi
 if [[ $steps == *" search "* ]]; then
   ( time timeout 300 python3 -m orderopt.search --patch 4 --strategy dp --device cuda \
