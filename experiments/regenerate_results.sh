@@ -18,6 +18,7 @@ python experiments/bench_train.py --out results
 python experiments/coder_throughput.py --out results
 python experiments/tabulated_coder_probe.py --out results
 python experiments/precision_rate.py --out results
+python experiments/synthesis_layout.py --out results
 # GPU figures: `bash experiments/gpu_checks.sh OUT` on a GPU machine; copy OUT's files to results/
 # and results/gpu/runN, then `python experiments/gpu_summary.py`
 # training latents (BSDS500 train + test) and unseen latents of the same domain (val)
