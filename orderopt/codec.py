@@ -43,6 +43,7 @@ from pathlib import Path
 import constriction
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from . import data, rans
@@ -63,7 +64,8 @@ from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_mode
 # The version changes with the format and with the arithmetic of the stage parameters: a
 # stream decodes exactly only with the arithmetic that wrote it. 3: ŷ coder recorded, rANS,
 # stages computed at their own latents only. 4: a stage's symbols in latent-major order, its
-# parameters in row layout, and the context network's precision recorded.
+# parameters in row layout, the autoregressive decoder's rows above batched per row, and the
+# context network's precision recorded.
 MAGIC, VERSION = b"OOPT", 4
 CODERS = ("rans", "gaussian")
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -165,10 +167,16 @@ class OrderSchedule(Schedule):
 class RasterSchedule(Schedule):
     """The autoregressive model: one latent position per stage, raster order (H·W stages).
 
-    A serial decoder done properly: h's share of the first entropy layer is computed once for
-    all positions, the masked convolution reads only its causal taps (the rows above and the
-    taps to the left: 12 of 25), and ŷ lives inside a zero-padded buffer, so a position costs
-    two window gathers and a few small matrix–vector products, no full convolutions.
+    A serial decoder done properly, so that it does not flatter the multistage models:
+
+    - h's share of the first entropy layer is computed once for all positions;
+    - the masked convolution reads only its causal taps (12 of 25), and ŷ lives inside a
+      zero-padded buffer, so no position pads or convolves;
+    - the rows above a position are decoded before its row starts, so their 10 taps go through
+      the convolution and the first entropy layer for the whole row at once (two matrix
+      products per row); a position then adds its 2 left taps, folded through the first entropy
+      layer into one matrix, and runs the rest of the entropy network: three matrix–vector
+      products, less than half the arithmetic of the plain serial decoder.
     """
 
     def __init__(self, model: AutoregressiveContext, height: int, width: int, dtype=torch.float32):
@@ -178,17 +186,19 @@ class RasterSchedule(Schedule):
         self.num_stages, self.shape = height * width, (height, width)
         self.half = half = model.kernel_size // 2
         w = model.conv.weight  # (2M, M, K, K), mask A: rows < half, and row half left of centre
-        self.w_above = w[:, :, :half].flatten(1)
-        self.w_left = w[:, :, half, :half].flatten(1)
+        self.w_above = w[:, :, :half].flatten(1)  # (2M, M·half·K)
         self.ctx_in = model.entropy.ctx_in.weight[:, :, 0, 0]
+        self.left_in = self.ctx_in @ w[:, :, half, :half].flatten(1)  # (D, M·half)
         self._padded: torch.Tensor | None = None
         self._work: torch.Tensor | None = None  # _padded in dtype
         self._hyper: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._row: tuple[int, torch.Tensor] | None = None  # (i, first-layer pre-activations of row i)
 
     def new_latents(self, channels, device):
         half = self.half
         self._padded = torch.zeros(1, channels, self.h + 2 * half, self.w + 2 * half, device=device)
         self._work = self._padded if self.dtype == torch.float32 else self._padded.to(self.dtype)
+        self._row = None
         return self._padded[:, :, half : half + self.h, half : half + self.w]
 
     def take(self, y, t):
@@ -201,18 +211,28 @@ class RasterSchedule(Schedule):
         if self._work is not self._padded:
             self._work[0, :, i + self.half, j + self.half] = values[0]
 
+    def _row_pre(self, i: int) -> torch.Tensor:
+        """(W, D): h's share plus the rows above through the convolution and the first entropy
+        layer, for every position of row i (the rows above are decoded when row i starts)."""
+        if self._row is None or self._row[0] != i:
+            k, half = self.model.kernel_size, self.half
+            above = self._work[0, :, i : i + half].unfold(2, k, 1)  # (M, half, W, K)
+            x = above.permute(2, 0, 1, 3).reshape(self.w, -1)  # (W, M·half·K)
+            ctx = F.linear(x, self.w_above, self.model.conv.bias)
+            share = self._hyper[1][i * self.w : (i + 1) * self.w]
+            self._row = (i, torch.addmm(share, ctx, self.ctx_in.t()))
+        return self._row[1]
+
     def params(self, y, hyper, t):
         if self._padded is None or y._base is not self._padded:
             raise ValueError("RasterSchedule.params needs the latents from its new_latents()")
         if self._hyper is None or self._hyper[0] is not hyper:  # h's share, once per image
             share = self.model.entropy.hyper_in(hyper.to(self.dtype))
             self._hyper = (hyper, share[0].flatten(1).T.contiguous())
+            self._row = None
         i, j = divmod(t, self.w)
-        k, half = self.model.kernel_size, self.half
-        above = self._work[0, :, i : i + half, j : j + k].reshape(-1)
-        left = self._work[0, :, i + half, j : j + half].reshape(-1)
-        ctx = torch.addmv(torch.addmv(self.model.conv.bias, self.w_above, above), self.w_left, left)
-        m, s = self.model.entropy.tail_rows(torch.addmv(self._hyper[1][t], self.ctx_in, ctx))
+        left = self._work[0, :, i + self.half, j : j + self.half].reshape(-1)
+        m, s = self.model.entropy.tail_rows(torch.addmv(self._row_pre(i)[j], self.left_in, left))
         return m[None].float(), s[None].float()
 
 
