@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from outputs import save_results
 from PIL import Image
 
 from orderopt import data
@@ -91,7 +91,6 @@ def main() -> None:
     gains = [r["psnr_gain_db"] for r in rows if r["psnr_gain_db"] is not None]
     result["results"]["psnr_gain_over_jpeg_db"] = [float(np.mean(gains))] if gains else [None]
     result["command"] = "python experiments/base_vs_jpeg.py"
-    (out / "base_vs_jpeg.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "| image | bpp | PSNR (dB) | JPEG PSNR at equal bpp | gain (dB) | JPEG bpp at equal PSNR |",
         "|---|---|---|---|---|---|",
@@ -110,12 +109,13 @@ def main() -> None:
         f"| **mean** | {m['bpp'][0]:.3f} | {m['psnr'][0]:.2f} | | "
         f"{fmt(float(np.mean(gains)) if gains else None, '+.2f')} | |"
     )
-    (out / "base_vs_jpeg.md").write_text(
+    text = (
         f"# Base model against JPEG\n\nModel hash `{meta['hash']}`, λ = {meta['lmbda']}, "
         f"{meta['training']['steps']} training steps on BSDS500 train+test.\n"
         "Regenerate: `python experiments/base_vs_jpeg.py`.\n\n" + "\n".join(lines) + "\n\n"
         "![RD](base_vs_jpeg.png)\n\n" + training_table(meta)
     )
+    save_results(result, text, out, "base_vs_jpeg")
     print("\n".join(lines))
 
 

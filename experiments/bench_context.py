@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
+from outputs import save_results
 from timing import median_seconds
 
 from orderopt import data
@@ -25,7 +25,6 @@ from orderopt import orders as od
 from orderopt.context import AnyOrderContext, MultistageContext
 from orderopt.costs import ProxyOracle
 from orderopt.devices import add_device_option, device_name, torch_device
-from orderopt.files import atomic_write, write_json
 from orderopt.latents import extract_latents
 from orderopt.model import load_model
 
@@ -125,9 +124,6 @@ def main() -> None:
         f" --device {args.device}" if device.type != "cpu" else ""
     )
     stem = "bench_context" if device.type == "cpu" else f"bench_context_{device.type}"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / f"{stem}.json")
     rows = "\n".join(
         f"| {k} | {v['subsets_per_s']:.1f} | {v['plain_forward_subsets_per_s']:.2f} | {v['speedup']:.0f}× | "
         f"{v['full_table_subsets']} | {v['full_table_s']:.1f} |"
@@ -155,7 +151,7 @@ def main() -> None:
         + "\n\n`MultistageContext.context` uses the unfolded form on GPUs; on CPUs the strided "
         "one, except for training patches of 4×4 and more (unfolded).\n"
     )
-    atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(text))
+    save_results(result, text, args.out, stem)
 
 
 if __name__ == "__main__":

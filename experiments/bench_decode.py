@@ -31,15 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
 import torch
+from outputs import save_results
 
 from orderopt import codec, data, rans
 from orderopt import orders as od
 from orderopt.context import AutoregressiveContext, MultistageContext
 from orderopt.devices import add_device_option, device_name, torch_device
-from orderopt.files import atomic_write, write_json
 from orderopt.fit import load_context
 from orderopt.model import load_model
 
@@ -181,11 +180,8 @@ def main() -> None:
         "rows": rows,
         "command": command,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "decode_time" + (f"_{device.type}" if device.type != "cpu" else "")
     stem += f"_{args.coder}" if args.coder != "rans" else ""
-    write_json(result, out / f"{stem}.json")
     lines = [
         "| schedule | serial stages (motorcycle) | ŷ decoding (ms) | context network (ms) | "
         "entropy coding (ms) | ẑ + h_s (ms) | synthesis g_s (ms) | whole decode (ms) |",
@@ -220,7 +216,7 @@ def main() -> None:
         + "\n\n".join(summary_lines)
         + "\n"
     )
-    atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(text))
+    save_results(result, text, args.out, stem)
     print(json.dumps(ratios, indent=2))
 
 

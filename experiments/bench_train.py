@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
+from outputs import save_results
 
 from orderopt import data
 from orderopt import orders as od
 from orderopt.devices import add_device_option, device_name, torch_device
-from orderopt.files import atomic_write, write_json
 from orderopt.fit import FitConfig, build_context, fit_context
 from orderopt.latents import extract_latents
 from orderopt.model import load_model
@@ -70,9 +69,6 @@ def main() -> None:
         "models": rows,
         "command": command,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / f"{stem}.json")
     table = "\n".join(
         f"| {k} | {v['steps_per_s']:.1f} | {v['seconds_per_1000_steps']:.0f} |" for k, v in rows.items()
     )
@@ -82,7 +78,7 @@ def main() -> None:
         f"{args.steps} timed steps after 5 warm-up steps.\n\n"
         "| model | steps/s | s per 1,000 steps |\n|---|---|---|\n" + table + "\n"
     )
-    atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(text))
+    save_results(result, text, args.out, stem)
 
 
 if __name__ == "__main__":

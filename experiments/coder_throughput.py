@@ -19,16 +19,15 @@ import argparse
 import platform
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
-from pathlib import Path
 
 import constriction
 import numba
 import numpy as np
+from outputs import save_results
 from scipy import special
 from timing import median_seconds
 
 from orderopt import rans
-from orderopt.files import atomic_write, write_json
 
 N, LO, HI = 128 * 48 * 32, -40, 40
 
@@ -96,9 +95,6 @@ def main() -> None:
         "threads": numba.get_num_threads(),
         "command": "python experiments/coder_throughput.py",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "coder_throughput.json")
     text = (
         f"# Entropy-coder throughput ({result['cpu']})\n\nRegenerate: `{result['command']}`.\n\n"
         f"{N} symbols under per-symbol quantized Gaussians (constriction range coder): encode "
@@ -116,7 +112,7 @@ def main() -> None:
         )
         + ".\n"
     )
-    atomic_write(out / "coder_throughput.md", lambda tmp: tmp.write_text(text))
+    save_results(result, text, args.out, "coder_throughput")
     print(text)
 
 

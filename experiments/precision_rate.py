@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
+from outputs import save_results
 
 from orderopt import codec, data, rans
 from orderopt import orders as od
 from orderopt.context import MultistageContext, init_from_proxy
 from orderopt.devices import device_name
-from orderopt.files import atomic_write, write_json
 from orderopt.fit import load_context
 from orderopt.model import load_model
 
@@ -103,9 +102,6 @@ def main() -> None:
         "rows": rows,
         "command": "python experiments/precision_rate.py",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "precision_rate.json")
 
     def cell(v: dict, digits: int) -> str:
         return f"{v['median']:+.{digits}f}% ({v['min']:+.{digits}f}%, {v['max']:+.{digits}f}%)"
@@ -128,7 +124,7 @@ def main() -> None:
         + "\n".join(lines)
         + "\n"
     )
-    atomic_write(out / "precision_rate.md", lambda tmp: tmp.write_text(text))
+    save_results(result, text, args.out, "precision_rate")
 
 
 if __name__ == "__main__":

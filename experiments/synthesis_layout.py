@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 import torch
+from outputs import save_results
 from timing import median_seconds
 
 from orderopt import data
 from orderopt.devices import device_name
-from orderopt.files import atomic_write, write_json
 from orderopt.model import load_model
 
 
@@ -55,9 +54,6 @@ def main() -> None:
         "rows": rows,
         "command": "python experiments/synthesis_layout.py",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "synthesis_layout.json")
     lines = ["| image | default layout (ms) | channels-last (ms) | speed-up |", "|---|---|---|---|"]
     for r in rows:
         ms = f"{1e3 * r['default_s']:.1f} | {1e3 * r['channels_last_s']:.1f}"
@@ -67,7 +63,7 @@ def main() -> None:
         f"Median of {args.repeat} timings per image, the layouts taking turns. "
         f"Regenerate: `{result['command']}`.\n\n" + "\n".join(lines) + "\n"
     )
-    atomic_write(out / "synthesis_layout.md", lambda tmp: tmp.write_text(text))
+    save_results(result, text, args.out, "synthesis_layout")
 
 
 if __name__ == "__main__":

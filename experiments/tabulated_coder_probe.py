@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import constriction
 import numpy as np
 import torch
+from outputs import save_results
 from scipy.special import ndtr
 from timing import median_seconds
 
 from orderopt import codec, data, rans
 from orderopt import orders as od
-from orderopt.files import atomic_write, write_json
 from orderopt.fit import load_context
 from orderopt.model import SCALE_MIN, load_model
 
@@ -170,9 +169,6 @@ def main() -> None:
         "rows": rows,
         "command": "python experiments/tabulated_coder_probe.py",
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "tabulated_coder_probe.json")
     lines = "\n".join(
         f"| {r['coder']} | {r['bits']} | {r['over_estimate_pct']:+.2f}% | {1e3 * r['decode_s']:.1f} | "
         f"{r.get('groups_per_stage', 0):.0f} |"
@@ -186,7 +182,7 @@ def main() -> None:
         "| coder | coded bits | over the estimate | decode (ms) | coder calls per stage |\n"
         "|---|---|---|---|---|\n" + lines + "\n"
     )
-    atomic_write(out / "tabulated_coder_probe.md", lambda tmp: tmp.write_text(text))
+    save_results(result, text, args.out, "tabulated_coder_probe")
     print(text)
 
 

@@ -115,8 +115,9 @@ class OrderSchedule(Schedule):
         self.stage = torch.from_numpy(order.stage_map(height, width)).to(device)
         self._state: tuple[torch.Tensor, object] | None = None  # (hyper, its DecodingState or h's share)
         k, flat = order.patch, torch.arange(height * width, device=device).view(height, width)
-        # per stage, each position's latents as flat indices into ŷ's H·W grid, in take() order
+        # per stage, each position's latents as flat indices into ŷ's H·W grid (take's order)
         self._flat = [[flat[r::k, c::k].reshape(-1) for r, c in p] for p in self.positions]
+        self._index = [torch.cat(f) for f in self._flat]
         self._rows: torch.Tensor | None = None
 
     def _for(self, hyper: torch.Tensor):
@@ -130,7 +131,8 @@ class OrderSchedule(Schedule):
         return self._state[1]
 
     def params(self, y, hyper, t):
-        """Only this stage's latents: per in-patch position, a strided computation."""
+        """Only this stage's latents, per in-patch position: the multistage model's
+        DecodingState, or the proxy's strided convolution given the decoded set."""
         state = self._for(hyper)
         if isinstance(state, DecodingState):
             out = [state.params(r, c) for r, c in self.positions[t]]
@@ -144,8 +146,7 @@ class OrderSchedule(Schedule):
         return torch.cat([m[0] for m, _ in out]), torch.cat([s[0] for _, s in out])
 
     def take(self, y, t):
-        k = self.order.patch
-        return torch.cat([y[0][:, r::k, c::k].flatten(1).T for r, c in self.positions[t]])
+        return y[0].flatten(1).T[self._index[t]]
 
     def new_latents(self, channels, device):
         """ŷ stored as rows (H·W, M), so that a stage's values are written as whole rows; the
@@ -156,11 +157,11 @@ class OrderSchedule(Schedule):
     def put(self, y, t, values):
         if self._rows is None or y.data_ptr() != self._rows.data_ptr():
             raise ValueError("OrderSchedule.put needs the latents from its new_latents()")
+        self._rows.index_copy_(0, self._index[t], values)
         state = self._state[1] if self._state is not None else None
-        parts = values.split([len(i) for i in self._flat[t]])
-        for (r, c), index, part in zip(self.positions[t], self._flat[t], parts, strict=True):
-            self._rows.index_copy_(0, index, part)
-            if isinstance(state, DecodingState):
+        if isinstance(state, DecodingState):
+            parts = values.split([len(i) for i in self._flat[t]])
+            for (r, c), part in zip(self.positions[t], parts, strict=True):
                 state.put(r, c, part[None])
 
 

@@ -53,13 +53,20 @@ class EntropyParameters(nn.Module):
         means, scales = self.rest(pre).chunk(2, dim=1)
         return means, scales
 
-    def tail_rows(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`tail` for pre-activations laid out as rows (…, D): plain matrix products,
-        faster than 1×1 convolutions for the cost table. Returns (…, M) means and scales."""
+    def tail_matrices(self) -> dict[str, torch.Tensor]:
+        """The weights of :meth:`tail_rows` as matrices: w2, b2, w3, b3."""
         _, c2, _, c3 = self.rest
-        h = F.leaky_relu(pre)
-        h = F.leaky_relu(F.linear(h, c2.weight[:, :, 0, 0], c2.bias))
-        means, scales = F.linear(h, c3.weight[:, :, 0, 0], c3.bias).chunk(2, dim=-1)
+        return {"w2": c2.weight[:, :, 0, 0], "b2": c2.bias, "w3": c3.weight[:, :, 0, 0], "b3": c3.bias}
+
+    def tail_rows(
+        self, pre: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`tail` for pre-activations laid out as rows (…, D): plain matrix products,
+        faster than 1×1 convolutions for the cost table. Returns (…, M) means and scales.
+        ``weights``: :meth:`tail_matrices` as given (cast to another dtype, say)."""
+        w = weights or self.tail_matrices()
+        h = F.leaky_relu(F.linear(F.leaky_relu(pre), w["w2"], w["b2"]))
+        means, scales = F.linear(h, w["w3"], w["b3"]).chunk(2, dim=-1)
         return means, scales
 
     def forward(self, hyper: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,16 +271,12 @@ class MultistageContext(ContextModel):
 
         def build() -> dict[str, torch.Tensor]:
             e = self.entropy
-            _, c2, _, c3 = e.rest
             weights = {
                 "hyper_in": e.hyper_in.weight[:, :, 0, 0],
                 "hyper_bias": e.hyper_in.bias,
                 "ctx_in": e.ctx_in.weight[:, :, 0, 0],
-                "w2": c2.weight[:, :, 0, 0],
-                "b2": c2.bias,
-                "w3": c3.weight[:, :, 0, 0],
-                "b3": c3.bias,
                 "bias": self.bias,
+                **e.tail_matrices(),
             }
             return {name: v.to(dtype) for name, v in weights.items()}
 
@@ -345,9 +348,8 @@ class DecodingState:
         else:
             x = self.buffer.index_select(1, gather).view(share.shape[0], -1)  # (B·n, T·M)
             pre = torch.addmm(share, F.linear(x, matrix, w["bias"][q]), w["ctx_in"].t())
-        h = F.leaky_relu(F.linear(F.leaky_relu(pre), w["w2"], w["b2"]))
-        out = F.linear(h, w["w3"], w["b3"]).float().view(b, -1, 2 * m)
-        return out[..., :m], out[..., m:]
+        means, scales = self.model.entropy.tail_rows(pre, w)
+        return means.float().view(b, -1, m), scales.float().view(b, -1, m)
 
 
 def raster_mask(kernel_size: int = 5) -> torch.Tensor:
