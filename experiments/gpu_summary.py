@@ -28,6 +28,9 @@ RATIOS = {
     "autoregressive_over_4x4_network_only_on_768x512": "autoregressive / 4×4 on 768×512, context network",
     "autoregressive_over_4x4_on_768x512_bfloat16": "autoregressive / 4×4 on 768×512, ŷ decoding, bfloat16",
     "autoregressive_over_4x4_on_768x512_fastest": "autoregressive / 4×4 on 768×512, fastest of each",
+    "autoregressive_over_hyperprior_on_768x512_fastest": (
+        "ceiling: autoregressive / hyperprior-only on 768×512, fastest of each"
+    ),
 }
 
 
