@@ -31,6 +31,32 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def number(
+    kind: type = int,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    multiple_of: int | None = None,
+) -> Callable[[str], int | float]:
+    """An argparse ``type`` for a number in range: a bad value is a one-line error naming the
+    option (``argument --crop: must be a multiple of 64, got 100``) before any work starts."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if at_least is not None and value < at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least}, got {text}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be more than {above}, got {text}")
+        if multiple_of is not None and value % multiple_of:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple_of}, got {text}")
+        return value
+
+    return parse
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: …)`` unless the help already says what the default is, or there is
     no default value to show (flags, optional paths)."""

@@ -49,7 +49,7 @@ from . import data, strategies
 from . import orders as od
 from .costs import CostTable, ProxyOracle, bitmask, dedicated_rate
 from .devices import add_device_option, device_name, torch_device
-from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
+from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .files import atomic_write, write_json
 from .fit import FitConfig, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "module documentation for the output files).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--patch", type=int, default=2, help="patch size k (k² stages)")
+    p.add_argument("--patch", type=number(at_least=1), default=2, help="patch size k (k² stages)")
     p.add_argument(
         "--strategy",
         choices=STRATEGIES,
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", help="any-order proxy checkpoint for --patch (default: the shipped one)")
     p.add_argument("--out", help="run directory (default: runs/patch<k>-<strategy>)")
     p.add_argument("--force", action="store_true", help="recompute a finished run")
-    p.add_argument("--trials", type=int, default=200, help="Optuna trials (this worker)")
+    p.add_argument("--trials", type=number(at_least=1), default=200, help="Optuna trials (this worker)")
     p.add_argument(
         "--objective",
         choices=["proxy", "dedicated"],
@@ -104,21 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="Optuna study name (with --storage)")
     p.add_argument(
         "--top",
-        type=int,
+        type=number(at_least=1),
         default=20,
         help="best Optuna orders kept as candidates (besides the published orders)",
     )
-    p.add_argument("--random", type=int, default=0, help="also score this many random orders (distribution)")
+    p.add_argument(
+        "--random",
+        type=number(at_least=0),
+        default=0,
+        help="also score this many random orders (distribution)",
+    )
     p.add_argument(
         "--verify",
-        type=int,
+        type=number(at_least=0),
         default=0,
         help="train dedicated models for the N best candidates, the published orders, the worst "
         "candidate and every baseline, and rank-correlate their rates with the proxy",
     )
     p.add_argument("--train-images", help="training image folder for --verify / dedicated objective")
     p.add_argument("--train-latents", help="training latent file instead of --train-images")
-    p.add_argument("--verify-steps", type=int, default=2000, help="training steps of each dedicated model")
+    p.add_argument(
+        "--verify-steps", type=number(at_least=1), default=2000, help="training steps of each dedicated model"
+    )
     p.add_argument(
         "--verify-init",
         choices=["proxy", "scratch"],
@@ -129,12 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--verify-lr",
-        type=float,
+        type=number(float, above=0),
         help="learning rate of dedicated models (default: 1e-3 from scratch, 1e-4 from the proxy)",
     )
     p.add_argument(
         "--jobs",
-        type=int,
+        type=number(at_least=1),
         default=1,
         help="dedicated models trained at once, one process and CPU thread each",
     )
@@ -421,8 +428,6 @@ def print_table(df: pd.DataFrame, limit: int = 12) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.patch < 1:
-        raise UserError(f"--patch must be at least 1, got {args.patch}")
     strategy = (
         args.strategy
         if args.strategy != "auto"

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import data
 from .devices import add_device_option, torch_device
-from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
+from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .files import save_torch
 from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
 
@@ -197,8 +197,6 @@ def train_context(args: argparse.Namespace) -> int:
     if (held.latent_channels, held.hyper_channels) != (m, c):
         raise UserError("training and evaluation latents come from different codecs (channel counts differ)")
     if args.proxy:
-        if args.patch < 1:
-            raise UserError(f"--patch must be at least 1, got {args.patch}")
         model = build_context("anyorder", m, c, patch=args.patch)
         meta = {"kind": "anyorder", "patch": args.patch}
     elif spec == "autoregressive":
@@ -207,6 +205,11 @@ def train_context(args: argparse.Namespace) -> int:
         model, meta = (
             build_context("multistage", m, c, order=str(spec)),
             {"kind": "multistage", "order": str(spec)},
+        )
+    patch = args.patch if args.proxy else getattr(spec, "patch", 1)  # the autoregressive spec is a name
+    if args.crop < patch:
+        raise UserError(
+            f"--crop {args.crop} is smaller than the {patch}×{patch} patch; use --crop {patch} or more"
         )
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
     config = FitConfig(steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed)
@@ -245,28 +248,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", nargs="+", required=True, help="training image folder(s), searched recursively"
     )
     b.add_argument("--val-images", help="validation image folder (bpp and PSNR every --val-every steps)")
-    b.add_argument("--val-count", type=int, default=24, help="number of validation images used")
     b.add_argument(
-        "--lmbda", type=float, default=0.0067, help="rate-distortion trade-off λ (λ·255²·MSE + bpp)"
+        "--val-count", type=number(at_least=1), default=24, help="number of validation images used"
     )
-    b.add_argument("--steps", type=int, default=100_000, help="total optimisation steps")
+    b.add_argument(
+        "--lmbda",
+        type=number(float, above=0),
+        default=0.0067,
+        help="rate-distortion trade-off λ (λ·255²·MSE + bpp)",
+    )
+    b.add_argument("--steps", type=number(at_least=1), default=100_000, help="total optimisation steps")
     b.add_argument("--out", required=True, help="checkpoint file; resumed from when it exists")
     b.add_argument(
         "--init",
         help="start from these weights (e.g. the shipped model) when --out does not exist; "
         "continues its step count with a fresh optimizer",
     )
-    b.add_argument("--N", type=int, default=128, help="channels of the transforms and of ẑ")
-    b.add_argument("--M", type=int, default=192, help="channels of the latent ŷ")
-    b.add_argument("--batch", type=int, default=8, help="crops per step")
-    b.add_argument("--crop", type=int, default=128, help="crop size in pixels")
+    b.add_argument("--N", type=number(at_least=1), default=128, help="channels of the transforms and of ẑ")
+    b.add_argument("--M", type=number(at_least=1), default=192, help="channels of the latent ŷ")
+    b.add_argument("--batch", type=number(at_least=1), default=8, help="crops per step")
     b.add_argument(
-        "--lr", type=float, default=1e-4, help="Adam learning rate (÷10 for the last 15%% of steps)"
+        "--crop",
+        type=number(at_least=64, multiple_of=64),
+        default=128,
+        help="crop size in pixels (a multiple of 64, the codec's total stride)",
+    )
+    b.add_argument(
+        "--lr",
+        type=number(float, above=0),
+        default=1e-4,
+        help="Adam learning rate (÷10 for the last 15%% of steps)",
     )
     b.add_argument("--seed", type=int, default=0, help="random seed")
-    b.add_argument("--val-every", type=int, default=1000, help="validation interval in steps")
-    b.add_argument("--ckpt-every", type=int, default=200, help="checkpoint interval in steps")
-    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    b.add_argument("--val-every", type=number(at_least=1), default=1000, help="validation interval in steps")
+    b.add_argument("--ckpt-every", type=number(at_least=1), default=200, help="checkpoint interval in steps")
+    b.add_argument(
+        "--threads", type=number(at_least=0), default=0, help="torch CPU threads (0: torch's default)"
+    )
     add_device_option(b)
     b.set_defaults(func=train_base)
     e = sub.add_parser(
@@ -280,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--order", help="multistage model of this order, e.g. '0,1;2,3'")
     what.add_argument("--kind", choices=["autoregressive", "checkerboard", "hyperprior"], help="a baseline")
     what.add_argument("--proxy", action="store_true", help="the any-order proxy of --patch")
-    c.add_argument("--patch", type=int, default=2, help="patch size of the proxy")
+    c.add_argument("--patch", type=number(at_least=1), default=2, help="patch size of the proxy")
     c.add_argument(
         "--train-images", nargs="+", help="training image folder(s) (latents extracted with --model, cached)"
     )
@@ -291,14 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval-latents", help="held-out latent file instead of --eval-images")
     c.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
     c.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")
-    c.add_argument("--steps", type=int, default=3000, help="optimisation steps")
-    c.add_argument("--batch", type=int, default=16, help="latent crops per step")
-    c.add_argument("--crop", type=int, default=16, help="latent crop size (16 latents = 256 pixels)")
+    c.add_argument("--steps", type=number(at_least=1), default=3000, help="optimisation steps")
+    c.add_argument("--batch", type=number(at_least=1), default=16, help="latent crops per step")
     c.add_argument(
-        "--lr", type=float, default=1e-3, help="Adam learning rate (÷10 for the last 20%% of steps)"
+        "--crop", type=number(at_least=1), default=16, help="latent crop size (16 latents = 256 pixels)"
+    )
+    c.add_argument(
+        "--lr",
+        type=number(float, above=0),
+        default=1e-3,
+        help="Adam learning rate (÷10 for the last 20%% of steps)",
     )
     c.add_argument("--seed", type=int, default=0, help="random seed")
-    c.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    c.add_argument(
+        "--threads", type=number(at_least=0), default=0, help="torch CPU threads (0: torch's default)"
+    )
     add_device_option(c)
     c.add_argument(
         "--out", required=True, help="checkpoint (resumed from when it exists); results go to .json beside it"

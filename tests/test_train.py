@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from orderopt import train
+from orderopt.errors import UserError
 from orderopt.model import read_checkpoint
 
 from .conftest import DEVICES
@@ -71,6 +72,8 @@ def test_cli_errors_are_one_line(tmp_path, image_dir):
     train.main(base_args(image_dir, out, 1))
     r = run(*base_args(image_dir, out, 2)[:-4], "--M", "16", "--out", str(out))
     assert r.returncode == 2 and "choose another --out" in r.stderr and "Traceback" not in r.stderr
+    r = run(*base_args(image_dir, tmp_path / "y.pt", 1), "--crop", "100")  # the codec's stride is 64
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--crop: must be a multiple of 64" in r.stderr
 
 
 def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
@@ -101,6 +104,8 @@ def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
     assert train.main([*common, "--proxy", "--patch", "2", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
     assert set(res["held_out"]) == {"raster", "paper", "tinylic"}
+    with pytest.raises(UserError, match="smaller than the 4×4 patch"):
+        train.main([*common, "--crop", "2", "--proxy", "--patch", "4", "--out", str(tmp_path / "p4.pt")])
     r = run(*common, "--order", "0,1;2", "--out", str(tmp_path / "x.pt"))
     assert r.returncode == 2 and "lengths" in r.stderr and "Traceback" not in r.stderr
     r = run(*common, "--order", "0,1;2,3", "--kind", "autoregressive", "--out", str(tmp_path / "x.pt"))
