@@ -44,7 +44,6 @@ import constriction
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from . import data, rans
 from . import orders as od
@@ -58,6 +57,7 @@ from .context import (
 from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .evaluate import to_uint8
+from .files import write_bytes, write_png
 from .fit import load_context
 from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_model
 
@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         enc = encode(
             image, base, meta["hash"], context, cmeta, order, args.coder, args.substreams, args.precision
         )
-        Path(args.out).write_bytes(enc.stream)
+        write_bytes(enc.stream, args.out)
         npix = image.shape[1] * image.shape[2]
         _, z_words, y_words = unpack(enc.stream)
         payload_bits = 32 * (len(z_words) + len(y_words))
@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     context, cmeta = context_for(args, None, header)
     context.to(device)
     dec = decode(stream, base, meta["hash"], context, cmeta)
-    Image.fromarray(to_uint8(dec.image)).save(args.out)
+    write_png(to_uint8(dec.image), args.out)
     print(
         f"decoded in {dec.seconds:.3f} s: ŷ stages {dec.latent_seconds:.3f} s (context network "
         f"{dec.network_seconds:.3f} s, entropy coding {dec.coding_seconds:.3f} s), ẑ and h_s "

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from . import data
 from .errors import HelpFormatter, OneLineErrorParser, run_cli
-from .files import write_json
+from .files import write_json, write_png
 from .model import HyperpriorCodec, gaussian_bits, load_model
 
 
@@ -72,8 +71,7 @@ def evaluate(
         rows.append({"name": im.name, **row})
         if recon_dir is not None:
             out = recon_dir / (Path(im.name).with_suffix("").as_posix().replace("/", "_") + ".png")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(to_uint8(recon)).save(out)
+            write_png(to_uint8(recon), out)
     return rows
 
 

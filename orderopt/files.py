@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .errors import UserError
 
@@ -25,6 +27,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def save_torch(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_bytes(data: bytes, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_png(pixels: np.ndarray, path: str | Path) -> None:
+    """An (H, W, 3) uint8 image as PNG, whatever the file's name ends with."""
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
 
 
 def write_json(obj: Any, path: str | Path) -> None:

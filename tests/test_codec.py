@@ -144,11 +144,14 @@ def test_cli_round_trip_and_errors(tmp_path, tiny_ckpt, image, base):
         ctx,
         {"kind": "anyorder", "patch": 2, "latent_channels": M, "hyper_channels": CH, "model_hash": "t"},
     )
-    stream, out = tmp_path / "s.oopt", tmp_path / "out.png"
+    stream, out = tmp_path / "new" / "s.oopt", tmp_path / "out.png"  # a folder made for the stream
     common = ["--model", str(tiny_ckpt), "--context", str(ctx)]
     assert codec.main(["encode", str(png), str(stream), "--order", "0,2;3,1", *common]) == 0
     assert codec.main(["decode", str(stream), str(out), *common]) == 0
     assert Image.open(out).size == (90, 70)
+    assert sorted(p.name for p in stream.parent.iterdir()) == ["s.oopt"]  # no temporary left behind
+    assert codec.main(["decode", str(stream), str(tmp_path / "noext"), *common]) == 0
+    assert Image.open(tmp_path / "noext").format == "PNG"
     for bad_args, message in (
         (["--substreams", "0"], "between 1 and 256"),
         (["--coder", "gaussian", "--substreams", "2"], "rans only"),
