@@ -116,8 +116,9 @@ class OrderSchedule(Schedule):
         self._state: tuple[torch.Tensor, object] | None = None  # (hyper, its DecodingState or h's share)
         k, flat = order.patch, torch.arange(height * width, device=device).view(height, width)
         # per stage, each position's latents as flat indices into ŷ's H·W grid (take's order)
-        self._flat = [[flat[r::k, c::k].reshape(-1) for r, c in p] for p in self.positions]
-        self._index = [torch.cat(f) for f in self._flat]
+        per_position = [[flat[r::k, c::k].reshape(-1) for r, c in p] for p in self.positions]
+        self._index = [torch.cat(f) for f in per_position]
+        self._sizes = [[len(i) for i in f] for f in per_position]  # how put splits a stage
         self._rows: torch.Tensor | None = None
 
     def _for(self, hyper: torch.Tensor):
@@ -160,7 +161,7 @@ class OrderSchedule(Schedule):
         self._rows.index_copy_(0, self._index[t], values)
         state = self._state[1] if self._state is not None else None
         if isinstance(state, DecodingState):
-            parts = values.split([len(i) for i in self._flat[t]])
+            parts = values.split(self._sizes[t])
             for (r, c), part in zip(self.positions[t], parts, strict=True):
                 state.put(r, c, part[None])
 

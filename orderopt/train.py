@@ -191,6 +191,12 @@ def train_context(args: argparse.Namespace) -> int:
         )
     elif args.order is not None:
         spec = orders.DecodingOrder.parse(args.order)
+    # before any latents are extracted; the autoregressive spec is a name, with no patch
+    patch = args.patch if args.proxy else getattr(spec, "patch", 1)
+    if args.crop < patch:
+        raise UserError(
+            f"--crop {args.crop} is smaller than the {patch}×{patch} patch; use --crop {patch} or more"
+        )
     train = latent_set(args.train_images, args.train_latents, args.model, args.cache_dir, "training")
     held = latent_set(args.eval_images, args.eval_latents, args.model, args.cache_dir, "evaluation")
     m, c = train.latent_channels, train.hyper_channels
@@ -205,11 +211,6 @@ def train_context(args: argparse.Namespace) -> int:
         model, meta = (
             build_context("multistage", m, c, order=str(spec)),
             {"kind": "multistage", "order": str(spec)},
-        )
-    patch = args.patch if args.proxy else getattr(spec, "patch", 1)  # the autoregressive spec is a name
-    if args.crop < patch:
-        raise UserError(
-            f"--crop {args.crop} is smaller than the {patch}×{patch} patch; use --crop {patch} or more"
         )
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
     config = FitConfig(steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed)
