@@ -65,8 +65,9 @@ from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_mode
 # stream decodes exactly only with the arithmetic that wrote it. 3: ŷ coder recorded, rANS,
 # stages computed at their own latents only. 4: a stage's symbols in latent-major order, its
 # parameters in row layout, the autoregressive decoder's rows above batched per row, and the
-# context network's precision recorded.
-MAGIC, VERSION = b"OOPT", 4
+# context network's precision recorded. 5: a checksum of the decoded ŷ (catches a header whose
+# coder, ranges or order were edited consistently with the container CRC).
+MAGIC, VERSION = b"OOPT", 5
 CODERS = ("rans", "gaussian")
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _PREFIX = struct.Struct("<4sBI")
@@ -429,11 +430,17 @@ def encode(
         "coder": {"name": coder, **(rans_header() if coder == "rans" else {})},
         "device": device.type,
         "precision": precision,
+        "y_crc": latents_crc(y_hat[0]),
     }
     est_z = float(-np.log2(probs[np.arange(zs.shape[0])[:, None], (zs - zlo).long().numpy()]).sum())
     return Encoded(
         pack(header, z_words, y_words), y_hat[0].cpu(), estimated + est_z, time.perf_counter() - t0
     )
+
+
+def latents_crc(y_hat: torch.Tensor) -> int:
+    """CRC-32 of ŷ (C, H, W) as int32: the decoder's last check that it got the encoder's ŷ."""
+    return zlib.crc32(y_hat.detach().to("cpu", torch.int32).contiguous().numpy().tobytes())
 
 
 def pack(header: dict, z_words: np.ndarray, y_words: np.ndarray) -> bytes:
@@ -474,8 +481,90 @@ def unpack(stream: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
         header = json.loads(stream[_PREFIX.size : off])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError("stream header is corrupt") from None
+    check_header(header)
     words = np.frombuffer(body, dtype="<u4").astype(np.uint32)
     return header, words[:nz], words[nz:]
+
+
+# A symbol range this wide already means scales far beyond any trained model's; it bounds the
+# probability tables a header can make the decoder build.
+MAX_SYMBOL = 1 << 15
+MAX_PATCH = 64
+_CONTEXT_KINDS = ("multistage", "autoregressive", "anyorder")
+
+
+def _int(value, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise UserError(f"stream header is invalid: {what} is {value!r}, not an integer in {lo}..{hi}")
+    return value
+
+
+def _ints(value, n: int, what: str, lo: int, hi: int) -> list[int]:
+    if not isinstance(value, list) or len(value) != n:
+        raise UserError(f"stream header is invalid: {what} is {value!r}, not a list of {n} integers")
+    return [_int(v, what, lo, hi) for v in value]
+
+
+def _str(value, what: str, choices: tuple[str, ...] | None = None, optional: bool = False) -> str | None:
+    if optional and value is None:
+        return None
+    if not isinstance(value, str) or (choices is not None and value not in choices) or len(value) > 10_000:
+        want = f"one of {', '.join(choices)}" if choices else "a string"
+        raise UserError(f"stream header is invalid: {what} is {od._describe(value)}, not {want}")
+    return value
+
+
+def check_header(header) -> None:
+    """Every field of a stream header has its type and range, and the fields agree: the latent
+    shapes follow from the image size (itself within :func:`orderopt.data.max_pixels`), the
+    order's patch fits the latents, the symbol ranges are bounded. Runs before anything is
+    allocated from the header, so a crafted header cannot make the decoder allocate or loop
+    beyond what the image-size limit allows."""
+    if not isinstance(header, dict):
+        raise UserError("stream header is invalid: not a JSON object")
+    height, width = _ints(header.get("image"), 2, "image size", 1, 1 << 20)
+    data.check_size(height, width, "the stream's image")
+    hz, wz = -(-height // 64), -(-width // 64)  # the codec pads to multiples of 64
+    m, h, w = _ints(header.get("y_shape"), 3, "y_shape", 1, 1 << 12)
+    n, zh, zw = _ints(header.get("z_shape"), 3, "z_shape", 1, 1 << 12)
+    if (h, w, zh, zw) != (4 * hz, 4 * wz, hz, wz):
+        raise UserError(
+            f"stream header is invalid: latent shapes {[h, w]} and {[zh, zw]} do not fit an image of "
+            f"{height}×{width} (expected {[4 * hz, 4 * wz]} and {[hz, wz]})"
+        )
+    for name in ("z_range", "y_range"):
+        lo, hi = _ints(header.get(name), 2, name, -MAX_SYMBOL, MAX_SYMBOL)
+        if lo >= hi:
+            raise UserError(f"stream header is invalid: {name} {[lo, hi]} is empty")
+    _str(header.get("model"), "model hash")
+    ctx = header.get("context")
+    if not isinstance(ctx, dict):
+        raise UserError("stream header is invalid: context is not an object")
+    kind = _str(ctx.get("kind"), "context kind", _CONTEXT_KINDS)
+    _str(ctx.get("hash"), "context hash")
+    _str(ctx.get("order"), "context order", optional=True)
+    if ctx.get("patch") is not None:
+        _int(ctx.get("patch"), "context patch", 1, MAX_PATCH)
+    text = _str(header.get("order"), "order", optional=True)
+    if kind == "anyorder" and text is None:
+        raise UserError("stream header is invalid: a stream coded with the proxy needs its order")
+    if text is not None:
+        try:
+            order = od.DecodingOrder.parse(text)
+        except ValueError as err:
+            raise UserError(f"stream header is invalid: {err}") from None
+        if order.patch > min(MAX_PATCH, h, w):
+            raise UserError(
+                f"stream header is invalid: its {order.patch}×{order.patch} order is larger than "
+                f"its {h}×{w} latents"
+            )
+    coder = header.get("coder")
+    if not isinstance(coder, dict):
+        raise UserError("stream header is invalid: coder is not an object")
+    _str(coder.get("name"), "coder", CODERS)
+    _str(header.get("device"), "device", ("cpu", "cuda"))
+    _str(header.get("precision"), "precision", tuple(PRECISIONS))
+    _int(header.get("y_crc"), "y_crc", 0, (1 << 32) - 1)
 
 
 @dataclass
@@ -512,8 +601,15 @@ def decode(
             f"stream was encoded with context model {header['context'].get('hash')}, not "
             f"{context_meta.get('hash')}; pass the same --context"
         )
+    m, _, _ = header["y_shape"]
+    n = header["z_shape"][0]
+    if (m, n) != (base.M, base.N):
+        raise UserError(
+            f"stream header is invalid: {m} latent and {n} hyper-latent channels, and the base model "
+            f"has {base.M} and {base.N}"
+        )
     device = networks_device(base, context)
-    coded_on = header.get("device", "cpu")
+    coded_on = header["device"]
     if coded_on != device.type:
         raise UserError(
             f"stream was encoded with the networks on {coded_on}, and decodes exactly only there; "
@@ -532,8 +628,6 @@ def decode(
     hyper = base.h_s(z_hat)
     m, h, w = header["y_shape"]
     order = od.DecodingOrder.parse(header["order"]) if header.get("order") else None
-    if header.get("precision") not in PRECISIONS:
-        raise UserError(f"stream's context network precision {header.get('precision')!r} is unknown")
     schedule = make_schedule(context, order, h, w, PRECISIONS[header["precision"]])
     if device.type == "cuda":  # kernels run asynchronously: wait for h_s before reading the clock
         torch.cuda.synchronize(device)
@@ -555,6 +649,8 @@ def decode(
     if not dec.finished():
         raise UserError("stream is corrupt (its ŷ data does not end with the last stage)")
     t = time.perf_counter()
+    if latents_crc(y[0].reshape(m, h, w)) != header["y_crc"]:
+        raise UserError("stream is corrupt (the decoded latents do not match their checksum)")
     image = data.crop_to(base.synthesize(y), tuple(header["image"]))[0].cpu()
     synth_s = time.perf_counter() - t
     return Decoded(image, y[0].cpu(), time.perf_counter() - t0, net, coding, hyper_s, synth_s)

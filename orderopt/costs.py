@@ -253,6 +253,7 @@ def dedicated_rate(
     from .fit import build_context, fit_context, measure
 
     m, c = train.latent_channels, train.hyper_channels
+    torch.manual_seed(config.seed)  # the initial weights too: same seed, same bits
     if isinstance(spec, DecodingOrder):
         model, meta = (
             build_context("multistage", m, c, order=str(spec)),

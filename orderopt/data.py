@@ -7,6 +7,7 @@ skipped silently.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,35 @@ from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MIN_SIDE = 64  # the model downsamples by 64 (latent 1/16, hyper-latent 1/64)
+#: Largest image read or decoded, in megapixels: a 40-megapixel image already needs several GB
+#: of activations in the transforms. Raise it with the environment variable below.
+MAX_MEGAPIXELS = 40.0
+MAX_MEGAPIXELS_ENV = "ORDEROPT_MAX_MEGAPIXELS"
+
+
+def max_pixels() -> int:
+    """The image-size limit in pixels: :data:`MAX_MEGAPIXELS`, or ``$ORDEROPT_MAX_MEGAPIXELS``."""
+    text = os.environ.get(MAX_MEGAPIXELS_ENV)
+    if text is None:
+        return int(MAX_MEGAPIXELS * 1e6)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise UserError(f"{MAX_MEGAPIXELS_ENV}={text!r} is not a positive number of megapixels")
+    return int(value * 1e6)
+
+
+def check_size(height: int, width: int, what: str) -> None:
+    """Refuse an image larger than :func:`max_pixels` before anything is allocated for it."""
+    limit = max_pixels()
+    if height * width > limit:
+        raise UserError(
+            f"{what} is {width}×{height} pixels ({height * width / 1e6:.1f} megapixels), above the "
+            f"limit of {limit / 1e6:g}; raise it with {MAX_MEGAPIXELS_ENV}=N if the machine has the memory"
+        )
+
 
 #: The real colour photographs shipped inside scikit-image's wheel (no download needed).
 EMBEDDED = {
@@ -54,18 +84,39 @@ def find_images(folder: str | Path) -> list[Path]:
 def read_rgb(path: str | Path, min_side: int = MIN_SIDE) -> np.ndarray:
     """Decode an image file to an (H, W, 3) uint8 array; clear errors for bad files."""
     path = Path(path)
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
+        # Pillow's own decompression-bomb check is replaced by ours (same idea, a documented and
+        # configurable limit), which reads the size from the header before any pixel is decoded.
+        Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as im:
+            check_size(im.height, im.width, f"image {path}")
             im.load()
-            arr = np.asarray(im.convert("RGB"))
+            arr = to_rgb8(im)
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"image {path} is a folder, not an image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UserError(f"image {path} cannot be decoded ({err}); is it truncated or not an image?") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     h, w = arr.shape[:2]
     if min(h, w) < min_side:
         raise UserError(f"image {path} is {w}×{h} pixels; at least {min_side}×{min_side} is needed")
     return arr
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of any Pillow image. 16-bit and 32-bit modes are scaled to 8 bits
+    (Pillow's own ``convert`` clips them, turning most 16-bit pixels white). Integer modes
+    hold 16-bit samples (PNG, TIFF); float images are taken as [0, 1]."""
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if im.mode == "F" else 255.0 / 65535.0
+        grey = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:

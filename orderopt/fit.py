@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import context as ctxm
+from .errors import UserError
 from .files import load_versioned, save_torch
 from .latents import LatentSet
 from .model import gaussian_bits, state_hash
@@ -125,6 +126,19 @@ def load_context(path: str | Path) -> tuple[ctxm.ContextModel, dict]:
     return model.eval(), {k: v for k, v in d.items() if k not in ("state_dict", "train_state")}
 
 
+IDENTITY = ("kind", "order", "patch", "latent_channels", "hyper_channels", "model_hash")
+
+
+def check_same_model(saved: dict, meta: dict, path: Path) -> None:
+    """Refuse to resume (or overwrite) a checkpoint of another context model: another kind,
+    order, patch, shape or base model than ``meta`` describes."""
+    differ = [k for k in IDENTITY if k in meta and saved.get(k) != meta[k]]
+    if differ:
+        was = ", ".join(f"{k} {saved.get(k)!r}" for k in differ)
+        now = ", ".join(f"{k} {meta[k]!r}" for k in differ)
+        raise UserError(f"{path} holds another context model ({was}, not {now}); choose another --out")
+
+
 def fit_context(
     model: ctxm.ContextModel,
     train: LatentSet,
@@ -150,8 +164,9 @@ def fit_context(
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = 0
     if checkpoint is not None and checkpoint.is_file():
-        d = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if d.get("train_state") and d["train_state"]["config"] == asdict(config):
+        d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint")  # never unpickles code
+        check_same_model(d, meta or {}, checkpoint)
+        if d.get("train_state") and d["train_state"].get("config") == asdict(config):
             model.load_state_dict(d["state_dict"])
             opt.load_state_dict(d["train_state"]["optimizer"])
             crops.rng.bit_generator.state = d["train_state"]["crop_rng"]

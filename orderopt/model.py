@@ -178,15 +178,18 @@ class HyperpriorCodec(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass: noisy rates, straight-through rounded synthesis input."""
-        y = self.g_a(x)
-        z = self.h_a(y)
-        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
-        z_lik = self.z_prior.likelihood(z_noisy)
-        hyper = self.h_s(ste_round(z))
-        means, scales = self.split_hyper(hyper)
-        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
-        y_lik = gaussian_likelihood(y_noisy, means, scales)
-        x_hat = self.g_s(ste_round(y))
+        y = self.g_a(x).float()
+        z = self.h_a(y).float()
+        hyper = self.h_s(ste_round(z)).float()
+        x_hat = self.g_s(ste_round(y)).float()
+        # Likelihoods in float32 even under bfloat16 autocast: the transforms tolerate 8-bit
+        # mantissas, the rate terms (differences of CDFs) do not.
+        with torch.autocast(x.device.type, enabled=False):
+            z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
+            z_lik = self.z_prior.likelihood(z_noisy)
+            means, scales = self.split_hyper(hyper)
+            y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
+            y_lik = gaussian_likelihood(y_noisy, means, scales)
         return {"x_hat": x_hat, "y_likelihood": y_lik, "z_likelihood": z_lik}
 
     @torch.no_grad()

@@ -103,6 +103,11 @@ def _validate(stages: Any) -> tuple[tuple[int, ...], ...]:
             if v < 0:
                 raise ValueError(f"stage numbers must be >= 0, got {v}: {shown}")
     used = sorted({int(v) for row in rows for v in row})
+    if used[-1] >= k * k:  # checked first: the list of missing stages below is at most k² long
+        raise ValueError(
+            f"stage number {used[-1]} is out of range: a {k}×{k} order has at most {k * k} stages "
+            f"(0..{k * k - 1}): {shown}"
+        )
     missing = sorted(set(range(used[-1] + 1)) - set(used))
     if missing:
         raise ValueError(
@@ -151,7 +156,11 @@ class DecodingOrder:
                 f"cannot parse order {_describe(text)}: expected rows of comma-separated "
                 "integers separated by ';', e.g. '0,1;2,3'"
             )
-        return cls([[int(v) for v in row.split(",")] for row in text.split(";")])
+        rows = [[v.strip() for v in row.split(",")] for row in text.split(";")]
+        long = next((v for row in rows for v in row if len(v.lstrip("-")) > 9), None)
+        if long is not None:  # a stage number is below k², far from 10⁹; int() of it may be slow
+            raise ValueError(f"stage number {_describe(long)} is out of range in order {_describe(text)}")
+        return cls([[int(v) for v in row] for row in rows])
 
     @classmethod
     def from_sequence(

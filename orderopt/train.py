@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import data
 from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
-from .files import save_torch
+from .files import check_writable, load_versioned, save_torch
 from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
 
 
@@ -57,6 +57,7 @@ def train_base(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    check_writable(out)
     train_paths = [p for d in args.images for p in data.find_images(d)]
     val_images = (
         [data.load_image(p) for p in data.find_images(args.val_images)[: args.val_count]]
@@ -64,7 +65,7 @@ def train_base(args: argparse.Namespace) -> int:
         else []
     )
     sampler = data.CropSampler(train_paths, size=args.crop, seed=args.seed)
-    model = HyperpriorCodec(args.N, args.M).to(device)
+    model = HyperpriorCodec(args.N, args.M).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step, history = 0, []
     if out.exists():
@@ -118,8 +119,15 @@ def train_base(args: argparse.Namespace) -> int:
     while step < args.steps:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, args.steps, args.lr)
-        x = sampler.sample(args.batch).to(device, non_blocking=True)
-        losses = rd_loss(model(x), x, args.lmbda)
+        x = sampler.sample(args.batch).to(device, memory_format=torch.channels_last, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bfloat16"):
+            result = model(x)
+        losses = rd_loss(result, x, args.lmbda)
+        if not torch.isfinite(losses["loss"]):
+            raise UserError(
+                f"the loss became non-finite at step {step + 1}; the last checkpoint in {out} is kept. "
+                "Lower --lr, or train in --precision float32"
+            )
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -177,7 +185,7 @@ def train_context(args: argparse.Namespace) -> int:
     from . import orders
     from .costs import CostTable, ProxyOracle
     from .files import write_json
-    from .fit import FitConfig, build_context, fit_context, measure
+    from .fit import FORMAT, VERSION, FitConfig, build_context, fit_context, measure
 
     device = torch_device(args.device)
     if args.threads:
@@ -185,6 +193,9 @@ def train_context(args: argparse.Namespace) -> int:
     chosen = [args.order is not None, args.kind is not None, args.proxy]
     if sum(chosen) != 1:
         raise UserError("choose exactly one of --order, --kind and --proxy")
+    check_writable(args.out)
+    if Path(args.out).exists():  # resumed from: a context checkpoint (never unpickled code), before any work
+        load_versioned(args.out, FORMAT, VERSION, "context checkpoint")
     if args.kind:
         spec = {"checkerboard": orders.checkerboard(), "hyperprior": orders.hyperprior_only()}.get(
             args.kind, args.kind
@@ -202,6 +213,7 @@ def train_context(args: argparse.Namespace) -> int:
     m, c = train.latent_channels, train.hyper_channels
     if (held.latent_channels, held.hyper_channels) != (m, c):
         raise UserError("training and evaluation latents come from different codecs (channel counts differ)")
+    torch.manual_seed(args.seed)  # the initial weights too: same seed, same bits
     if args.proxy:
         model = build_context("anyorder", m, c, patch=args.patch)
         meta = {"kind": "anyorder", "patch": args.patch}
@@ -285,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ckpt-every", type=number(at_least=1), default=200, help="checkpoint interval in steps")
     b.add_argument(
         "--threads", type=number(at_least=0), default=0, help="torch CPU threads (0: torch's default)"
+    )
+    b.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="arithmetic of the transforms (bfloat16 autocast, channels-last; rates always in float32)",
     )
     add_device_option(b)
     b.set_defaults(func=train_base)
