@@ -450,6 +450,31 @@ class AnyOrderContext(ContextModel):
             out.append(self.entropy.at_latents(hyper, share, ctx, r, c, k))
         return out
 
+    def kernel_context(self, y_hat: torch.Tensor, kernel_mask: torch.Tensor) -> torch.Tensor:
+        """Context features when every latent sees the same taps ``kernel_mask`` (K×K, 0/1),
+        e.g. :func:`raster_mask`: the autoregressive schedule. Tap (dy, dx) of a latent is
+        "decoded" exactly when the mask says so, and taps outside the image are not, as the
+        mask channel's zero padding has it for decoded sets; the position channels are unmasked."""
+        b, m, h, w = y_hat.shape
+        weight = self.conv.weight.clone()
+        weight[:, : m + 1] *= kernel_mask.to(weight)
+        x = torch.cat(
+            [
+                y_hat,
+                y_hat.new_ones(b, 1, h, w),
+                position_onehot(self.patch, h, w).to(y_hat).expand(b, -1, -1, -1),
+            ],
+            1,
+        )
+        return F.conv2d(x, weight, self.conv.bias, padding=self.kernel_size // 2)
+
+    def forward_kernel(
+        self, y_hat: torch.Tensor, hyper: torch.Tensor, kernel_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian parameters of every latent under the same tap mask at every latent
+        (:meth:`kernel_context`): the rate of the autoregressive schedule on the proxy's basis."""
+        return self.entropy(hyper, self.kernel_context(y_hat, kernel_mask))
+
     def forward(
         self, y_hat: torch.Tensor, hyper: torch.Tensor, subset: int | torch.Tensor = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ Decoded sets are bitmasks over the k² in-patch positions, bit r·k + c for (row
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .context import AnyOrderContext, init_from_proxy
+from .context import AnyOrderContext, init_from_proxy, raster_mask
 from .files import atomic_write
 from .latents import LatentSet
 from .model import gaussian_bits
@@ -60,11 +61,13 @@ class ProxyOracle:
         self.num_elements = sum(e.y_hat.numel() for e in latents.entries)
         self.num_pixels = sum(e.num_pixels for e in latents.entries)
         self.z_bits = sum(e.z_bits for e in latents.entries)
+        self.latents = latents
         # Per in-patch position q: its latents of all images side by side (as H=P, W=1).
         bases, parts, ys = [[] for _ in range(k * k)], [[] for _ in range(k * k)], [[] for _ in range(k * k)]
+        image_of = [[] for _ in range(k * k)]  # the image of every row, for per-image costs
         # Orders differ by tenths of a percent: no TF32 convolutions on GPUs (float32 throughout).
         with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            for e in latents.entries:
+            for i, e in enumerate(latents.entries):
                 y, h = e.y_hat[None].to(self.device), e.hyper[None].to(self.device)
                 base, part = proxy.decompose(y, h)
                 for q in range(k * k):
@@ -72,18 +75,24 @@ class ProxyOracle:
                     bases[q].append(base[0, :, r::k, c::k].flatten(1))
                     parts[q].append(part[:, 0, :, r::k, c::k].flatten(2))
                     ys[q].append(y[0, :, r::k, c::k].flatten(1))
+                    image_of[q].append(torch.full((ys[q][-1].shape[1],), i, device=self.device))
+        self._image_of = [torch.cat(v) for v in image_of]
         # Row layout (…, P_q, channels) so that the tail network runs as plain matrix products.
         self._base = [torch.cat(b, 1).T.contiguous() for b in bases]  # (P_q, D)
         self._parts = [torch.cat(p, 2).transpose(1, 2).contiguous() for p in parts]  # (k², P_q, D)
         self._y = [torch.cat(v, 1).T.contiguous() for v in ys]  # (P_q, M)
 
+    @property
+    def num_images(self) -> int:
+        return len(self.latents)
+
     @torch.no_grad()
-    def costs(self, subsets: Sequence[int], chunk: int = 0) -> np.ndarray:
+    def costs(self, subsets: Sequence[int], chunk: int = 0, per_image: bool = False) -> np.ndarray:
         """c(S, q) in bits for every S in ``subsets`` and every q: array (len(subsets), k²),
-        NaN where q ∈ S."""
+        NaN where q ∈ S; with ``per_image``, (len(subsets), k², images): each image's share."""
         k2 = self.patch**2
         subsets = list(subsets)
-        out = np.full((len(subsets), k2), np.nan)
+        out = np.full((len(subsets), k2, self.num_images) if per_image else (len(subsets), k2), np.nan)
         bits = torch.tensor(
             [[(s >> p) & 1 for p in range(k2)] for s in subsets], dtype=torch.float32, device=self.device
         )
@@ -95,8 +104,27 @@ class ProxyOracle:
                 idx = rows[start : start + per]
                 pre = base + torch.einsum("nk,kpd->npd", bits[idx], parts)
                 means, scales = self.proxy.entropy.tail_rows(pre)
-                out[idx, q] = gaussian_bits(y, means, scales).sum((1, 2)).double().cpu().numpy()
+                if per_image:
+                    rows_bits = gaussian_bits(y, means, scales).sum(2).double()  # (n, P_q)
+                    images = rows_bits.new_zeros(len(idx), self.num_images)
+                    images.index_add_(1, self._image_of[q], rows_bits)
+                    out[idx, q] = images.cpu().numpy()
+                else:
+                    out[idx, q] = gaussian_bits(y, means, scales).sum((1, 2)).double().cpu().numpy()
         return out
+
+    @torch.no_grad()
+    def raster_bits(self) -> np.ndarray:
+        """Bits of ŷ of every image under the autoregressive (raster) context, on the proxy's
+        weights: the tap mask of :func:`~orderopt.context.raster_mask` at every latent. Only
+        meaningful for a proxy trained with it (``raster_fraction`` > 0)."""
+        kernel = raster_mask(self.proxy.kernel_size).to(self.device)
+        out = []
+        for e in self.latents.entries:
+            y, h = e.y_hat[None].to(self.device), e.hyper[None].to(self.device)
+            means, scales = self.proxy.forward_kernel(y, h, kernel)
+            out.append(float(gaussian_bits(y, means, scales).double().sum()))
+        return np.array(out)
 
 
 class CostTable:
@@ -125,6 +153,10 @@ class CostTable:
         self.num_elements, self.num_pixels, self.z_bits = num_elements, num_pixels, z_bits
         self.oracle = oracle
         self.meta = dict(meta or {})
+        # Per image, for intervals over images: c(S, ·) of the subsets asked for (k², images),
+        # and the bits of the autoregressive schedule on the same weights (None: not computed).
+        self.image_costs: dict[int, np.ndarray] = {}
+        self.raster_image_bits: np.ndarray | None = None
 
     @classmethod
     def from_oracle(cls, oracle: ProxyOracle, meta: dict | None = None) -> CostTable:
@@ -149,6 +181,29 @@ class CostTable:
             chunk = todo[start : start + batch]
             self.table[chunk] = self.oracle.costs(chunk)
             self.known[chunk] = True
+
+    def fill_images(self, subsets: Iterable[int]) -> None:
+        """Per-image costs of ``subsets`` (those still missing), in one batched pass."""
+        todo = sorted({int(s) for s in subsets} - set(self.image_costs) - {len(self.table) - 1})
+        if not todo:
+            return
+        if self.oracle is None:
+            raise ValueError("per-image costs are missing and the cost table has no oracle to compute them")
+        for s, row in zip(todo, self.oracle.costs(todo, per_image=True), strict=True):
+            self.image_costs[s] = row
+
+    def image_rates(self, order: DecodingOrder) -> np.ndarray:
+        """Bits of ŷ of every image under ``order`` (sums to :meth:`rate` up to rounding)."""
+        k = self.patch
+        self.fill_images(bitmask(s, k) for s, _ in order.schedule())
+        return sum(self.image_costs[bitmask(s, k)][r * k + c] for s, pos in order.schedule() for r, c in pos)
+
+    def fill_raster(self) -> None:
+        """The autoregressive schedule's bits per image on the oracle's weights."""
+        if self.raster_image_bits is None:
+            if self.oracle is None:
+                raise ValueError("the autoregressive rate is missing and the cost table has no oracle")
+            self.raster_image_bits = self.oracle.raster_bits()
 
     @property
     def complete(self) -> bool:
@@ -205,6 +260,11 @@ class CostTable:
                 z_bits=self.z_bits,
                 meta_keys=np.array(list(self.meta), dtype=str),
                 meta_values=np.array([str(v) for v in self.meta.values()], dtype=str),
+                image_subsets=np.array(sorted(self.image_costs), dtype=np.int64),
+                image_costs=np.array([self.image_costs[s] for s in sorted(self.image_costs)]),
+                raster_image_bits=(
+                    self.raster_image_bits if self.raster_image_bits is not None else np.zeros(0)
+                ),
             ),
         )
 
@@ -225,7 +285,10 @@ class CostTable:
                 meta=dict(zip(d["meta_keys"].tolist(), d["meta_values"].tolist(), strict=True)),
             )
             t.known = d["known"].copy()
-        except (OSError, KeyError, ValueError) as err:
+            if "image_subsets" in d.files:
+                t.image_costs = dict(zip(d["image_subsets"].tolist(), d["image_costs"], strict=True))
+                t.raster_image_bits = d["raster_image_bits"].copy() if d["raster_image_bits"].size else None
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as err:
             raise ValueError(
                 f"cost table {path} cannot be read or is not an orderopt cost table ({err})"
             ) from None

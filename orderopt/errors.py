@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 
@@ -36,6 +37,7 @@ def number(
     *,
     at_least: float | None = None,
     above: float | None = None,
+    at_most: float | None = None,
     multiple_of: int | None = None,
 ) -> Callable[[str], int | float]:
     """An argparse ``type`` for a number in range: a bad value is a one-line error naming the
@@ -46,8 +48,12 @@ def number(
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not math.isfinite(value):  # inf and nan train to non-finite weights
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if at_least is not None and value < at_least:
             raise argparse.ArgumentTypeError(f"must be at least {at_least}, got {text}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {text}")
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"must be more than {above}, got {text}")
         if multiple_of is not None and value % multiple_of:

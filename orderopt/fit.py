@@ -32,6 +32,9 @@ class FitConfig:
     crop: int = 16
     lr: float = 1e-3
     seed: int = 0
+    # proxies: the share of each batch trained with the autoregressive (raster) context, so
+    # that the same weights also score the autoregressive schedule (one basis for every row)
+    raster_fraction: float = 0.0
 
 
 def build_context(
@@ -87,14 +90,34 @@ def random_subsets(patch: int, batch: int, rng: np.random.Generator) -> list[int
     return out
 
 
-def loss_bits(model: ctxm.ContextModel, y: torch.Tensor, h: torch.Tensor, rng: np.random.Generator):
-    """Mean bits per latent element of a batch; for the proxy, over the undecoded latents."""
+def loss_bits(
+    model: ctxm.ContextModel,
+    y: torch.Tensor,
+    h: torch.Tensor,
+    rng: np.random.Generator,
+    raster_fraction: float = 0.0,
+):
+    """Mean bits per latent element of a batch; for the proxy, over the undecoded latents.
+
+    A proxy trains the first ``round(raster_fraction · B)`` crops with the autoregressive
+    context (the raster tap mask at every latent, all latents coded) and the rest with random
+    decoded sets of its patch."""
     if isinstance(model, ctxm.AnyOrderContext):
-        subsets = random_subsets(model.patch, y.shape[0], rng)
-        mask = ctxm.subset_mask(subsets, model.patch, *y.shape[2:], y.device)[:, None]
-        means, scales = model.forward_masked(y, h, mask)
-        todo = 1 - mask
-        return (gaussian_bits(y, means, scales) * todo).sum() / (todo.sum() * y.shape[1])
+        n = int(round(raster_fraction * y.shape[0]))
+        bits, count = y.new_zeros(()), 0
+        if n:
+            kernel = ctxm.raster_mask(model.kernel_size).to(y)
+            means, scales = model.forward_kernel(y[:n], h[:n], kernel)
+            bits, count = gaussian_bits(y[:n], means, scales).sum(), y[:n].numel()
+        if n < y.shape[0]:
+            y, h = y[n:], h[n:]
+            subsets = random_subsets(model.patch, y.shape[0], rng)
+            mask = ctxm.subset_mask(subsets, model.patch, *y.shape[2:], y.device)[:, None]
+            means, scales = model.forward_masked(y, h, mask)
+            todo = 1 - mask
+            bits = bits + (gaussian_bits(y, means, scales) * todo).sum()
+            count = count + todo.sum() * y.shape[1]
+        return bits / count
     return model.bits(y, h).mean()
 
 
@@ -193,7 +216,7 @@ def fit_context(
         for g in opt.param_groups:
             g["lr"] = lr
         y, h = (t.to(device, non_blocking=True) for t in crops.sample(config.batch))
-        loss = loss_bits(model, y, h, rng)
+        loss = loss_bits(model, y, h, rng, config.raster_fraction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

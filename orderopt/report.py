@@ -35,9 +35,7 @@ from .costs import CostTable
 from .data import EMBEDDED_NAME
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write
-from .search import COLUMNS
-
-BASELINES = ("hyperprior", "checkerboard", "autoregressive")
+from .results import BASELINES, COLUMNS, Bootstrap, class_comparison
 
 
 class Run:
@@ -98,8 +96,16 @@ def latest_run(root: Path = Path("runs")) -> Path:
 
 
 def rate_column(df: pd.DataFrame) -> pd.Series:
-    """Bits per latent: dedicated where measured, else the proxy's."""
-    return df["dedicated_bits_per_latent"].fillna(df["proxy_bits_per_latent"])
+    """Bits per latent on the run's one basis (column ``basis``: proxy or dedicated)."""
+    basis = df["basis"].iloc[0] if len(df) else "proxy"
+    return df[f"{basis}_bits_per_latent"]
+
+
+def error_bars(d: pd.DataFrame, col: str) -> np.ndarray:
+    """(2, n) distances from each gain to its interval's ends (0 where there is no interval)."""
+    lo = (d[col] - d[col.replace("_pct", "_ci_low")]).fillna(0).clip(lower=0)
+    hi = (d[col.replace("_pct", "_ci_high")] - d[col]).fillna(0).clip(lower=0)
+    return np.vstack([lo.to_numpy(), hi.to_numpy()])
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -112,6 +118,7 @@ def save_figure(fig, path: Path) -> None:
 def fig_gains(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(len(runs), 2, figsize=(12, 3.8 * len(runs)), squeeze=False)
     for run, row in zip(runs, axes, strict=True):
+        basis = run.df["basis"].iloc[0]
         for ax, col, base in zip(
             row,
             ("gain_vs_checkerboard_pct", "gain_vs_autoregressive_pct"),
@@ -119,14 +126,11 @@ def fig_gains(runs: list[Run], path: Path) -> None:
             strict=True,
         ):
             d = run.orders.dropna(subset=[col]).sort_values(col)
-            # one basis per panel: verified orders on dedicated rates, else all on proxy rates
-            basis = "dedicated" if (d["gain_basis"] == "dedicated").any() else "proxy"
-            d = d[d["gain_basis"] == basis]
             if d.empty:
                 ax.text(
                     0.5,
                     0.5,
-                    f"no {base} rate on a common basis\n(run the search with --verify)",
+                    f"no {base} rate on the {basis} basis\n(a proxy trained with --raster-fraction rates it)",
                     ha="center",
                     va="center",
                     transform=ax.transAxes,
@@ -134,8 +138,12 @@ def fig_gains(runs: list[Run], path: Path) -> None:
                 ax.set_axis_off()
                 continue
             colors = ["tab:red" if o == run.paper() else "tab:blue" for o in d["order"]]
-            ax.bar(np.arange(len(d)), d[col], color=colors, width=0.85)
-            handles = [Patch(color="tab:blue", label="candidate orders")]
+            x = np.arange(len(d))
+            ax.bar(x, d[col], color=colors, width=0.85)
+            ax.errorbar(
+                x, d[col], yerr=error_bars(d, col), fmt="none", ecolor="0.25", elinewidth=0.8, capsize=1.5
+            )
+            handles = [Patch(color="tab:blue", label="candidate orders (95% interval over images)")]
             for b, style in (("hyperprior", ":"), ("checkerboard", "--"), ("autoregressive", "-.")):
                 v = run.baseline(b)[col]
                 if np.isfinite(v):
@@ -255,35 +263,41 @@ def latent_size(run: Run) -> tuple[int, int]:
 
 
 def fig_tradeoff(runs: list[Run], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        d = run.df.assign(rate=run.df["bpp"])
-        best = d[~d["order"].isin(BASELINES)].iloc[0]
+    """Rate (as the gain against checkerboard, with its interval) against serial decoding
+    stages, one panel per run, every point on the run's one basis."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(7 * len(runs), 4.8), squeeze=False)
+    col = "gain_vs_checkerboard_pct"
+    for run, ax in zip(runs, axes[0], strict=True):
+        d = run.df
+        best = run.orders.iloc[0]  # rows are in rank order
         pts = [
-            (1, run.baseline("hyperprior")["bpp"], "hyperprior"),
-            (2, run.baseline("checkerboard")["bpp"], "checkerboard"),
-            (best["stages"], best["bpp"], f"best {run.patch}×{run.patch}"),
+            (run.baseline("hyperprior"), 1, "hyperprior-only"),
+            (run.baseline("checkerboard"), 2, "checkerboard"),
         ]
-        if run.paper() in set(d["order"]):
-            p = d[d["order"] == run.paper()].iloc[0]
-            pts.append((p["stages"], p["bpp"], f"paper {run.patch}×{run.patch}"))
+        pts.append((best, best["stages"], f"best {run.patch}×{run.patch} {best['order']}"))
+        if run.paper() in set(d["order"]) and run.paper() != best["order"]:
+            pts.append((d[d["order"] == run.paper()].iloc[0], run.patch**2, f"paper {run.patch}×{run.patch}"))
         ar = run.baseline("autoregressive")
-        if np.isfinite(ar["bpp"]):
+        if np.isfinite(ar[col]):
             h, w = latent_size(run)
-            pts += [
-                (ar["stages"], ar["bpp"], "autoregressive (H·W)"),
-                (w + 3 * h, ar["bpp"], "AR wavefront (W+3H)"),
-            ]
-        pts = [p for p in pts if np.isfinite(p[1])]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=run.label)
-        for x, y, name in pts:
-            ax.annotate(name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("serial decoding stages (log scale)")
-    ax.set_ylabel("rate (bits per pixel, ŷ and ẑ)")
-    ax.set_title("Rate against decoding latency")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, which="both")
+            pts += [(ar, ar["stages"], "autoregressive (H·W stages)"), (ar, w + 3 * h, "AR wavefront (W+3H)")]
+        pts = [p for p in pts if np.isfinite(p[0][col])]
+        for i, (r, x, name) in enumerate(pts):
+            frame = pd.DataFrame([r])
+            ax.errorbar(
+                x, r[col], yerr=error_bars(frame, col), fmt="o", capsize=3, color=f"C{i % 10}", label=name
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("serial decoding stages (log scale)")
+        ax.set_ylabel("rate change vs checkerboard (%), lower is better")
+        if not pts:
+            ax.text(
+                0.5, 0.5, "no schedule has a rate against checkerboard", ha="center", transform=ax.transAxes
+            )
+            continue
+        ax.set_title(f"{run.label}\n{run.df['basis'].iloc[0]} rates, 95% intervals over images", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3, which="both")
     save_figure(fig, path)
 
 
@@ -339,8 +353,8 @@ def load_decode_time(path: str | Path, runs: list[Run]) -> dict:
 
 
 def basis(row: pd.Series) -> str:
-    """A label suffix for a candidate whose rate is the proxy's (no dedicated model)."""
-    return " (proxy rate)" if pd.isna(row["dedicated_bits_per_latent"]) else ""
+    """A label suffix naming the row's rate basis."""
+    return f" ({row['basis']} rate)"
 
 
 def decode_time_points(runs: list[Run], timing: dict) -> list[tuple[float, float, str, str]]:
@@ -413,19 +427,59 @@ def verify_protocol(run: Run) -> str:
     return f"{start}, {a.get('verify_steps', '?')} steps each"
 
 
+def gain_text(r: pd.Series, base: str) -> str:
+    """``-0.31% [-0.52, -0.10]``: a gain and its interval, or – where there is none."""
+    g = r[f"gain_vs_{base}_pct"]
+    lo, hi = r[f"gain_vs_{base}_ci_low"], r[f"gain_vs_{base}_ci_high"]
+    return fmt(g, "+.2f", "%") + (f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else "")
+
+
+def run_bootstrap(run: Run) -> Bootstrap:
+    b = run.manifest.get("bootstrap", {})
+    return Bootstrap(int(b.get("resamples", 2000)), int(b.get("seed", 0)), float(b.get("level", 0.95)))
+
+
+def class_rows(run: Run) -> list[str]:
+    """What holds at the level of symmetry classes (k ≤ 3, where every order is a candidate)."""
+    if run.table is None or run.df["basis"].iloc[0] != "proxy" or run.patch > 3:
+        return []
+    try:
+        per_image = {o: run.table.image_rates(od.DecodingOrder.parse(o)) for o in run.orders["order"]}
+    except (ValueError, KeyError):  # a cost table without per-image costs
+        return []
+    classes = dict(zip(run.orders["order"], run.orders["symmetry_class"], strict=True))
+    cmp = class_comparison(per_image, classes, run_bootstrap(run))
+    if len(cmp) < 2:
+        return []
+    out = [
+        "",
+        "Symmetry classes (each the mean of its orders, per image) against the best class:",
+        "",
+        "| class | orders | vs best class [95% CI] | told apart |",
+        "|---|---|---|---|",
+    ]
+    for _, c in cmp.iterrows():
+        out.append(
+            f"| `{c['class']}` | {c['orders']} | {c['gain_vs_best_class_pct']:+.3f}% "
+            f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {'yes' if c['distinguishable'] else 'no'} |"
+        )
+    return out
+
+
 def summary_rows(run: Run) -> list[str]:
-    d = run.orders.assign(rate=rate_column(run.orders)).sort_values("rate")
-    best = d.iloc[0]
+    d = run.orders  # in rank order, on the run's basis
+    best, basis_name = d.iloc[0], run.df["basis"].iloc[0]
     out = [
         f"### {run.label}",
         "",
-        f"Held out: {run.held_out}; strategy "
+        f"Held out: {run.held_out} ({run.manifest.get('latents', {}).get('images', '?')} images); strategy "
         f"{run.manifest['strategy']['strategy']}; {len(run.orders)} candidate orders; "
-        f"run time {run.manifest['timings_s']['total_s']:.1f} s on {run.manifest['device']}.",
+        f"run time {run.manifest['timings_s']['total_s']:.1f} s on {run.manifest['device']}. "
+        f"Every rate on the **{basis_name}** basis.",
         "",
-        "| order | stages | source | proxy bits/latent | dedicated bits/latent | bpp | vs checkerboard | "
-        "vs autoregressive |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rank | order | stages | source | proxy bits/latent | dedicated bits/latent | bpp | "
+        "vs checkerboard [95% CI] | vs autoregressive [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [best]
     if run.paper() in set(d["order"]) and run.paper() != best["order"]:
@@ -434,11 +488,40 @@ def summary_rows(run: Run) -> list[str]:
     rows += [run.baseline(b) for b in BASELINES]
     for r in rows:
         out.append(
-            f"| `{r['order']}` | {r['stages']} | {r['source']} | {fmt(r['proxy_bits_per_latent'], '.4f')} | "
-            f"{fmt(r['dedicated_bits_per_latent'], '.4f')} | {fmt(r['bpp'], '.4f')} | "
-            f"{fmt(r['gain_vs_checkerboard_pct'], '+.2f', '%')} | "
-            f"{fmt(r['gain_vs_autoregressive_pct'], '+.2f', '%')} |"
+            f"| {r['rank']} | `{r['order']}` | {r['stages']} | {r['source']} | "
+            f"{fmt(r['proxy_bits_per_latent'], '.4f')} | {fmt(r['dedicated_bits_per_latent'], '.4f')} | "
+            f"{fmt(r['bpp'], '.4f')} | {gain_text(r, 'checkerboard')} | {gain_text(r, 'autoregressive')} |"
         )
+    tied = d[~d["distinguishable_from_best"].astype(bool)]
+    shown = ", ".join(f"`{o}`" for o in tied["order"][:8]) + (", …" if len(tied) > 8 else "")
+    out += [
+        "",
+        f"**{len(tied)} of {len(d)} orders cannot be told apart from the best** (the paired 95% interval "
+        f"of their rate minus the best's includes 0): {shown}. "
+        + (
+            "Per-order differences this small are noise at this number of images; pass a larger held-out "
+            "folder (`--images DIR`) to resolve them."
+            if len(tied) > 1
+            else "The best order is resolved at this number of images."
+        ),
+    ]
+    ar = run.baseline("autoregressive")
+    if np.isfinite(ar["gain_vs_checkerboard_pct"]) and np.isfinite(best["gain_vs_autoregressive_pct"]):
+        lo, hi = best["gain_vs_autoregressive_ci_low"], best["gain_vs_autoregressive_ci_high"]
+        verdict = (
+            "below autoregressive"
+            if hi < 0
+            else "above autoregressive"
+            if lo > 0
+            else "not distinguishable from autoregressive"
+        )
+        out += [
+            "",
+            f"The best {run.patch}×{run.patch} order ({best['stages']} stages) is {verdict}: "
+            f"{gain_text(best, 'autoregressive')} against it; autoregressive is "
+            f"{gain_text(ar, 'checkerboard')} against checkerboard.",
+        ]
+    out += class_rows(run)
     rc = run.manifest.get("rank_correlation", {})
     if "spearman" in rc:
         only = rc.get("orders_only", {})
@@ -453,11 +536,13 @@ def summary_rows(run: Run) -> list[str]:
                 else "."
             ),
         ]
+    b = run_bootstrap(run)
     out += [
         "",
-        "Gains are (R − R_base)/R_base in percent, negative is better; dedicated rates where both have "
-        "one, else proxy rates (column `gain_basis` of candidates.csv). Proxy rates of different patch "
-        "sizes come from different proxies: compare runs on dedicated rates.",
+        f"Gains are (R − R_base)/R_base of ŷ's bits in percent, negative is better, all on the {basis_name} "
+        f"basis (column `basis` of candidates.csv; dedicated rates, where measured, have their own column). "
+        f"Intervals: paired bootstrap over the images, {b.resamples} resamples, seed {b.seed}. Proxy rates "
+        "of different patch sizes come from different proxies: compare runs on dedicated rates.",
         "",
     ]
     return out

@@ -4,13 +4,15 @@ By default on the shipped model and the embedded photographs (held out: never tr
 Writes a run directory with
 
 - ``candidates.csv``: one row per candidate order and baseline, best first; columns
-  ``rank, order, stages, symmetry_class, source, proxy_bits_per_latent,
-  dedicated_bits_per_latent, bpp, gain_vs_checkerboard_pct, gain_vs_autoregressive_pct,
-  gain_basis``. Baseline rows have ``order`` = ``hyperprior``, ``checkerboard`` or
-  ``autoregressive`` and the order they stand for in ``symmetry_class``. ``bpp`` (ŷ and ẑ)
-  uses the dedicated rate where there is one, else the proxy rate. Gains are
-  (R − R_base)/R_base in percent (negative is better), on dedicated rates where the row and
-  the baseline both have one (``gain_basis`` = dedicated), else on proxy rates.
+  ``rank, order, stages, symmetry_class, source, basis, proxy_bits_per_latent,
+  dedicated_bits_per_latent, bpp, gain_vs_checkerboard_pct, gain_vs_checkerboard_ci_low,
+  gain_vs_checkerboard_ci_high, gain_vs_autoregressive_pct, gain_vs_autoregressive_ci_low,
+  gain_vs_autoregressive_ci_high, distinguishable_from_best`` (:mod:`orderopt.results`).
+  Baseline rows have ``order`` = ``hyperprior``, ``checkerboard`` or ``autoregressive`` and
+  the order they stand for in ``symmetry_class``. Every row is ranked on one ``basis``:
+  the proxy's rates (which include autoregressive when the proxy was trained with the raster
+  context), or dedicated rates when every row has one. Gains are (R − R_base)/R_base in
+  percent (negative is better), with 95% paired-bootstrap intervals over the images.
 - ``costs.npz``: the cost table c(S, q) (see :class:`orderopt.costs.CostTable`).
 - ``manifest.json``: arguments, model hash, images, seeds, package versions, device,
   timings; with ``--verify``: ``rank_correlation`` (Spearman and Kendall of proxy against
@@ -54,22 +56,11 @@ from .files import atomic_write, write_json
 from .fit import FitConfig, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
 from .model import SHIPPED, load_model
+from .results import Bootstrap, LatentTotals, choose_basis
+from .results import build_rows as results_table
 
 WEIGHTS = SHIPPED.parent  # the shipped weights folder
 STRATEGIES = ("auto", "exhaustive", "dp", "greedy", "optuna")
-COLUMNS = [
-    "rank",
-    "order",
-    "stages",
-    "symmetry_class",
-    "source",
-    "proxy_bits_per_latent",
-    "dedicated_bits_per_latent",
-    "bpp",
-    "gain_vs_checkerboard_pct",
-    "gain_vs_autoregressive_pct",
-    "gain_basis",
-]
 MAX_PATCH = {"exhaustive": 3, "dp": 4, "greedy": 6, "optuna": 8}
 
 
@@ -150,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of dedicated models and results, shareable between runs (default: RUN_DIR/dedicated)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of Optuna, random orders and dedicated training")
+    p.add_argument(
+        "--bootstrap",
+        type=number(at_least=100),
+        default=2000,
+        help="resamples of the images for the 95%% intervals of every gain (seeded with --seed)",
+    )
     add_device_option(p, what=" for the cost table and the --verify training")
     p.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")
     return p
@@ -322,12 +319,13 @@ def symmetry_class(order: od.DecodingOrder) -> str:
 
 
 def build_rows(
-    k: int, table: CostTable, found: dict, lat: LatentSet, dedicated: dict[str, dict]
+    k: int, table: CostTable, found: dict, lat: LatentSet, dedicated: dict[str, dict], boot: Bootstrap
 ) -> pd.DataFrame:
+    """Candidates and baselines, ranked on one basis (:mod:`orderopt.results`)."""
     candidates: dict[od.DecodingOrder, str] = dict(found)
     for name, order in od.published_orders(k).items():
         candidates[order] = name if order not in candidates else f"{candidates[order]}+{name}"
-    rows = []
+    rows, proxy_images = [], {}
     for order, source in candidates.items():
         rows.append(
             {
@@ -338,47 +336,40 @@ def build_rows(
                 "proxy_bits_per_latent": table.bits_per_latent(order),
             }
         )
+        proxy_images[str(order)] = table.image_rates(order)
     hw = int(np.mean([e.y_hat.shape[1] * e.y_hat.shape[2] for e in lat.entries]))
     for name, order in baseline_orders(k).items():
+        if order is not None:
+            bpl = table.bits_per_latent(order)
+            proxy_images[name] = table.image_rates(order)
+        elif name == "autoregressive" and table.raster_image_bits is not None:
+            bpl = float(table.raster_image_bits.sum()) / table.num_elements
+            proxy_images[name] = table.raster_image_bits
+        else:
+            bpl = np.nan
         rows.append(
             {
                 "order": name,
                 "stages": {"hyperprior": 1, "checkerboard": 2}.get(name, hw),
                 "symmetry_class": str(order) if order is not None else "raster over all latents",
                 "source": "baseline",
-                "proxy_bits_per_latent": table.bits_per_latent(order) if order is not None else np.nan,
+                "proxy_bits_per_latent": bpl,
             }
         )
-    df = pd.DataFrame(rows)
-    df["dedicated_bits_per_latent"] = [
-        dedicated.get(o, {}).get("bits_per_latent", np.nan) for o in df["order"]
-    ]
-    n, px, zb = table.num_elements, table.num_pixels, table.z_bits
-    best_bpl = df["dedicated_bits_per_latent"].fillna(df["proxy_bits_per_latent"])
-    df["bpp"] = (best_bpl * n + zb) / px
-    basis, cb, ar = [], [], []
-    base = df.set_index("order")
-    for _, r in df.iterrows():
-        row_basis, gains = None, {}
-        for b in ("checkerboard", "autoregressive"):
-            g, used = np.nan, None
-            for col, label in (
-                ("dedicated_bits_per_latent", "dedicated"),
-                ("proxy_bits_per_latent", "proxy"),
-            ):
-                rb, rr = base.at[b, col], r[col]
-                if np.isfinite(rb) and np.isfinite(rr):
-                    g, used = 100 * (rr - rb) / rb, label
-                    break
-            gains[b] = g
-            row_basis = row_basis or used
-        cb.append(gains["checkerboard"])
-        ar.append(gains["autoregressive"])
-        basis.append(row_basis or "")
-    df["gain_vs_checkerboard_pct"], df["gain_vs_autoregressive_pct"], df["gain_basis"] = cb, ar, basis
-    df = df.sort_values("bpp", kind="stable").reset_index(drop=True)
-    df.insert(0, "rank", np.arange(1, len(df) + 1))
-    return df[COLUMNS]
+    for r in rows:
+        r["dedicated_bits_per_latent"] = dedicated.get(r["order"], {}).get("bits_per_latent", np.nan)
+    basis = choose_basis(rows)
+    if basis == "proxy":
+        per_image = proxy_images
+    else:  # each dedicated model's bits per image, from its bpp of ŷ
+        pixels = {e.name: e.num_pixels for e in lat.entries}
+        per_image = {
+            name: np.array([im["bpp_y"] * pixels[im["name"]] for im in rec["images"]])
+            for name, rec in dedicated.items()
+            if len(rec.get("images", [])) == len(lat)
+        }
+    totals = LatentTotals(table.num_elements, table.num_pixels, table.z_bits)
+    return results_table(rows, per_image, basis, totals, boot)
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -412,6 +403,7 @@ def settings_key(args) -> str:
         "verify_init",
         "verify_lr",
         "seed",
+        "bootstrap",
         "train_images",
         "train_latents",
     )
@@ -420,10 +412,36 @@ def settings_key(args) -> str:
 
 
 def print_table(df: pd.DataFrame, limit: int = 12) -> None:
-    show = pd.concat([df[df["source"] != "baseline"].head(limit), df[df["source"] == "baseline"]])
-    cols = [c for c in COLUMNS if c not in ("symmetry_class", "gain_basis")]
+    """The best ``limit`` candidates and every baseline, in rank order, gains with intervals."""
+    keep = (df["source"] == "baseline") | (df.index.isin(df[df["source"] != "baseline"].index[:limit]))
+    show = df[keep]
+
+    def gain(r: pd.Series, b: str) -> str:
+        g = r[f"gain_vs_{b}_pct"]
+        if not np.isfinite(g):
+            return "-"
+        lo, hi = r[f"gain_vs_{b}_ci_low"], r[f"gain_vs_{b}_ci_high"]
+        return f"{g:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else "")
+
+    table = pd.DataFrame(
+        {
+            "rank": show["rank"],
+            "order": show["order"],
+            "stages": show["stages"],
+            "source": show["source"],
+            "bpp": show["bpp"].map(lambda v: f"{v:.4f}" if np.isfinite(v) else "-"),
+            "vs checkerboard % [95% CI]": [gain(r, "checkerboard") for _, r in show.iterrows()],
+            "vs autoregressive % [95% CI]": [gain(r, "autoregressive") for _, r in show.iterrows()],
+            "differs from best": show["distinguishable_from_best"].map({True: "yes", False: "no"}),
+        }
+    )
+    basis = df["basis"].iloc[0] if len(df) else "proxy"
+    print(f"rates on the {basis} basis; intervals: paired bootstrap over the images")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(show[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+        print(table.to_string(index=False))
+    hidden = len(df) - len(show)
+    if hidden:
+        print(f"({hidden} more candidates in candidates.csv)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,13 +500,23 @@ def main(argv: list[str] | None = None) -> int:
         for sd, _ in o.schedule()
     }
     table.fill(sorted(needed), progress=True)  # one batched pass for every order still to score
+    table.fill_images(needed)  # each image's share, for the intervals
+    if float(proxy_meta.get("raster_fraction", 0)) > 0:  # the proxy also rates autoregressive
+        table.fill_raster()
+    else:
+        print(
+            "note: this proxy was not trained with the raster context, so it cannot rate autoregressive "
+            "(no gain against it); train one with `train context --proxy --raster-fraction 0.25`",
+            file=sys.stderr,
+        )
     table.save(costs_path)
     held_out_path = str(args.latents or inputs["latent_cache"])
     dedicated = verify(args, found, table, lat, held_out_path, out, device) if args.verify else {}
     ded_ar = shipped_autoregressive(lat)
     if ded_ar is not None and "autoregressive" not in dedicated:
         dedicated["autoregressive"] = ded_ar
-    df = build_rows(args.patch, table, found, lat, dedicated)
+    boot = Bootstrap(resamples=args.bootstrap, seed=args.seed)
+    df = build_rows(args.patch, table, found, lat, dedicated, boot)
     write_csv(df, out / "candidates.csv")
     table.save(costs_path)
     correlations = rank_correlations(df)
@@ -506,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
             "mean_height": float(np.mean([e.y_hat.shape[1] for e in lat.entries])),
             "mean_width": float(np.mean([e.y_hat.shape[2] for e in lat.entries])),
         },
-        "seeds": {"search": args.seed, "verify": args.seed},
+        "seeds": {"search": args.seed, "verify": args.seed, "bootstrap": args.seed},
+        "bootstrap": boot.as_dict(),
         "device": device_name(device),
         "versions": versions(),
         "timings_s": {

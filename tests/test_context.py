@@ -11,6 +11,7 @@ from orderopt.context import (
     DecodingState,
     MultistageContext,
     init_from_proxy,
+    raster_mask,
     subset_mask,
 )
 
@@ -108,6 +109,33 @@ def test_anyorder_sees_exactly_the_decoded_set(patch):
                 continue
             support = grad_support(lambda v, s=int(subset): model(v, hyper, s), y, i, j)
             np.testing.assert_array_equal(support, decoded & window(h, w, i, j))
+
+
+@pytest.mark.parametrize("patch", [2, 4])
+def test_anyorder_with_the_raster_mask_is_raster_causal(patch):
+    """The proxy evaluated with the autoregressive tap mask sees exactly the causal half of
+    every latent's window, as the dedicated autoregressive model does."""
+    model = randomize(AnyOrderContext(patch, M, CH))
+    h, w = 7, 8
+    y, hyper = torch.randn(1, M, h, w), torch.randn(1, CH, h, w)
+    raster = np.arange(h * w).reshape(h, w)
+    for i in range(h):
+        for j in range(w):
+            support = grad_support(lambda v: model.forward_kernel(v, hyper, raster_mask(5)), y, i, j)
+            np.testing.assert_array_equal(support, (raster < raster[i, j]) & window(h, w, i, j))
+
+
+def test_anyorder_kernel_form_equals_decoded_set_form():
+    """A tap mask that is a periodic decoded set's gives the masked forward's parameters at
+    the undecoded latents: one network, two ways of saying which taps are decoded."""
+    model = randomize(AnyOrderContext(2, M, CH))
+    y, hyper = torch.randn(1, M, 8, 8), torch.randn(1, CH, 8, 8)
+    subset = 0b0001  # position (0, 0) decoded; latents at (1, 1) see it at the four corners
+    kernel = torch.zeros(5, 5)
+    kernel[1::2, 1::2] = 1  # from (1, 1): offsets (±1, ±1) land on position (0, 0)
+    a, b = model(y, hyper, subset), model.forward_kernel(y, hyper, kernel)
+    for x, z in zip(a, b, strict=True):
+        torch.testing.assert_close(x[:, :, 3:6:2, 3:6:2], z[:, :, 3:6:2, 3:6:2])
 
 
 @pytest.mark.parametrize("order", ORDERS, ids=str)

@@ -18,6 +18,9 @@ def test_number_accepts_values_in_range():
         (number(at_least=64, multiple_of=64), "100", "must be a multiple of 64, got 100"),
         (number(float, above=0), "0", "must be more than 0, got 0"),
         (number(), "2.5", "invalid int value: '2.5'"),
+        (number(float, above=0), "inf", "must be a finite number, got inf"),  # trained to inf weights
+        (number(float, above=0), "nan", "must be a finite number, got nan"),
+        (number(float, at_least=0, at_most=1), "1.5", "must be at most 1, got 1.5"),
     ],
 )
 def test_number_rejects_with_the_reason(kind, text, message):

@@ -103,7 +103,8 @@ def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
     out = tmp_path / "proxy.pt"
     assert train.main([*common, "--proxy", "--patch", "2", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
-    assert set(res["held_out"]) == {"raster", "paper", "tinylic"}
+    assert set(res["held_out"]) == {"raster", "paper", "tinylic", "autoregressive"}  # on the same weights
+    assert res["raster_fraction"] == 0.25 and res["config"]["raster_fraction"] == 0.25
     with pytest.raises(UserError, match="smaller than the 4×4 patch"):
         train.main([*common, "--crop", "2", "--proxy", "--patch", "4", "--out", str(tmp_path / "p4.pt")])
     r = run(*common, "--order", "0,1;2", "--out", str(tmp_path / "x.pt"))

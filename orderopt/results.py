@@ -1,0 +1,174 @@
+"""The candidates table of a search run: its schema, one rate basis, gains and their intervals.
+
+Every row (each candidate order and the baselines hyperprior-only, checkerboard and
+autoregressive) is ranked on one basis, the same for all rows (column ``basis``):
+
+- ``proxy``: the proxy's rates, the default. A proxy trained with the raster context
+  (``raster_fraction`` > 0) rates autoregressive on the same weights as the orders.
+- ``dedicated``: dedicated models' rates, used only when every row has one.
+
+Gains against a baseline are ``100 · (R − R_base) / R_base`` on ŷ's bits (negative is better).
+Their 95% intervals come from a paired bootstrap over images: each resample draws images with
+replacement, the same draw for every row, and recomputes every gain from the resampled sums.
+``distinguishable_from_best`` says whether the paired interval of (R − R_best) excludes 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = [
+    "rank",
+    "order",
+    "stages",
+    "symmetry_class",
+    "source",
+    "basis",
+    "proxy_bits_per_latent",
+    "dedicated_bits_per_latent",
+    "bpp",
+    "gain_vs_checkerboard_pct",
+    "gain_vs_checkerboard_ci_low",
+    "gain_vs_checkerboard_ci_high",
+    "gain_vs_autoregressive_pct",
+    "gain_vs_autoregressive_ci_low",
+    "gain_vs_autoregressive_ci_high",
+    "distinguishable_from_best",
+]
+BASELINES = ("hyperprior", "checkerboard", "autoregressive")
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How intervals are drawn: ``resamples`` draws of the images, seeded."""
+
+    resamples: int = 2000
+    seed: int = 0
+    level: float = LEVEL
+
+    def as_dict(self) -> dict:
+        return {"resamples": self.resamples, "seed": self.seed, "level": self.level, "unit": "image"}
+
+
+def resampled_totals(per_image: np.ndarray, boot: Bootstrap) -> np.ndarray:
+    """(resamples, rows): each row's total bits over a resample of the images (columns of
+    ``per_image``, shape (rows, images)), the same resample for every row."""
+    rng = np.random.default_rng(boot.seed)
+    n = per_image.shape[1]
+    draws = rng.integers(0, n, size=(boot.resamples, n))
+    counts = np.zeros((boot.resamples, n))
+    np.add.at(counts, (np.arange(boot.resamples)[:, None], draws), 1.0)
+    return counts @ per_image.T
+
+
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of ``samples`` (resamples, …) at ``level``, along axis 0."""
+    tail = 100 * (1 - level) / 2
+    return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
+
+
+def gain_pct(rate: np.ndarray, base: np.ndarray) -> np.ndarray:
+    return 100 * (rate - base) / base
+
+
+@dataclass(frozen=True)
+class LatentTotals:
+    """What turns bits per latent into bpp: ŷ's elements, the pixels, and ẑ's bits."""
+
+    elements: int
+    pixels: int
+    z_bits: float
+
+    def bpp(self, bits_per_latent: np.ndarray) -> np.ndarray:
+        return (np.asarray(bits_per_latent, float) * self.elements + self.z_bits) / self.pixels
+
+
+def build_rows(
+    rows: list[dict], per_image: dict[str, np.ndarray], basis: str, totals: LatentTotals, boot: Bootstrap
+) -> pd.DataFrame:
+    """The ranked candidates table.
+
+    ``rows``: one dict per row with ``order``, ``stages``, ``symmetry_class``, ``source``,
+    ``proxy_bits_per_latent`` and ``dedicated_bits_per_latent``. ``per_image``: each row's ŷ
+    bits per image on ``basis``, by order name (rows without it get no interval). Ranks, bpp
+    and gains use ``basis`` only.
+    """
+    df = pd.DataFrame(rows)
+    bits = df[f"{basis}_bits_per_latent"].to_numpy(float)
+    df["basis"] = basis
+    df["bpp"] = totals.bpp(bits)
+    names = df["order"].tolist()
+    for b in ("checkerboard", "autoregressive"):
+        ref = bits[names.index(b)] if b in names else np.nan
+        df[f"gain_vs_{b}_pct"] = gain_pct(bits, ref)
+    # best: the lowest rate on the basis among the rows that have one
+    best = int(np.nanargmin(bits)) if np.isfinite(bits).any() else None
+    have = [i for i, n in enumerate(names) if n in per_image and np.isfinite(bits[i])]
+    ci = {
+        f"gain_vs_{b}_ci_{e}": np.full(len(df), np.nan)
+        for b in ("checkerboard", "autoregressive")
+        for e in ("low", "high")
+    }
+    distinct = np.full(len(df), False)
+    if have:
+        totals = resampled_totals(np.array([per_image[names[i]] for i in have]), boot)
+        col = {i: j for j, i in enumerate(have)}
+        for b in ("checkerboard", "autoregressive"):
+            if b in names and names.index(b) in col:
+                ref = totals[:, [col[names.index(b)]]]
+                low, high = interval(gain_pct(totals, ref), boot.level)
+                ci[f"gain_vs_{b}_ci_low"][have], ci[f"gain_vs_{b}_ci_high"][have] = low, high
+        if best in col:
+            low, high = interval(totals - totals[:, [col[best]]], boot.level)
+            distinct[have] = (low > 0) | (high < 0)
+    for name, values in ci.items():
+        df[name] = values
+    df["distinguishable_from_best"] = distinct
+    order = np.argsort(np.where(np.isfinite(bits), bits, np.inf), kind="stable")
+    df = df.iloc[order].reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    return df[COLUMNS]
+
+
+def choose_basis(rows: list[dict]) -> str:
+    """``dedicated`` when every row has a dedicated rate, else ``proxy``."""
+    ded = [r.get("dedicated_bits_per_latent", np.nan) for r in rows]
+    return "dedicated" if rows and all(np.isfinite(ded)) else "proxy"
+
+
+def class_comparison(
+    per_image: dict[str, np.ndarray], classes: dict[str, str], boot: Bootstrap
+) -> pd.DataFrame:
+    """Symmetry classes against the best class: each class's rate is the mean over its member
+    orders, per image; gains and paired intervals as for single orders. Columns ``class``,
+    ``orders``, ``gain_vs_best_class_pct``, ``ci_low``, ``ci_high``, ``distinguishable``, best
+    class first. Classes average out much of the per-order noise, so conclusions about them can
+    hold where single orders cannot be told apart."""
+    members: dict[str, list[str]] = {}
+    for order, cls in classes.items():
+        if order in per_image:
+            members.setdefault(cls, []).append(order)
+    names = sorted(members)
+    if not names:
+        return pd.DataFrame(
+            columns=["class", "orders", "gain_vs_best_class_pct", "ci_low", "ci_high", "distinguishable"]
+        )
+    rates = np.array([np.mean([per_image[o] for o in members[c]], axis=0) for c in names])
+    best = int(np.argmin(rates.sum(1)))
+    totals = resampled_totals(rates, boot)
+    low, high = interval(gain_pct(totals, totals[:, [best]]), boot.level)
+    df = pd.DataFrame(
+        {
+            "class": names,
+            "orders": [len(members[c]) for c in names],
+            "gain_vs_best_class_pct": gain_pct(rates.sum(1), rates[best].sum()),
+            "ci_low": low,
+            "ci_high": high,
+            "distinguishable": (low > 0) | (high < 0),
+        }
+    )
+    return df.sort_values("gain_vs_best_class_pct", kind="stable").reset_index(drop=True)
