@@ -91,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="proxy",
         help="Optuna objective: proxy rate, or a dedicated model trained per trial (slow)",
     )
-    p.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. sqlite:///study.db")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage shared by workers started at any time: journal:FILE (a journal file, no "
+        "server needed) or a database URL such as sqlite:///study.db",
+    )
     p.add_argument("--study", help="Optuna study name (with --storage)")
     p.add_argument(
         "--top",
@@ -571,10 +575,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_storage(url: str) -> None:
     """Fail early, in one line, on a storage URL Optuna cannot open."""
-    import optuna
-
     try:
-        optuna.storages.get_storage(url)
+        strategies.open_storage(url)
     except Exception as err:
         raise UserError(f"cannot open Optuna storage {url!r}: {str(err).splitlines()[0][:200]}") from None
 

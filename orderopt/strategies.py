@@ -177,11 +177,14 @@ def optuna_search(
 
 
 def _open_study(optuna, study_name, storage, sampler, attempts: int = 20):
-    """Create or join a study; workers started together race to create the storage's
-    tables, so a failed attempt is retried after a short random wait."""
+    """Create or join a study; workers started together race to create it, so a failed
+    attempt is retried after a short random wait (the storage's tables are created once,
+    under a lock, by :func:`open_storage`)."""
     import random
     import time
 
+    if isinstance(storage, str):
+        storage = open_storage(storage)
     for attempt in range(attempts):
         try:
             return optuna.create_study(
@@ -196,6 +199,44 @@ def _open_study(optuna, study_name, storage, sampler, attempts: int = 20):
                 raise
             time.sleep(random.uniform(0.05, 0.3))
     raise AssertionError("unreachable")
+
+
+def journal_path(url: str) -> str | None:
+    """The file of a journal storage (``journal:PATH``, or a path ending in .log or .journal)."""
+    if url.startswith("journal:"):
+        return url[len("journal:") :]
+    if "://" not in url and url.endswith((".log", ".journal")):
+        return url
+    return None
+
+
+def open_storage(url: str):
+    """An Optuna storage that many processes started at the same instant can share.
+
+    ``journal:PATH`` (or ``PATH.log``) is Optuna's journal file storage, the one it recommends
+    for several processes without a database server. Database URLs (``sqlite:///study.db``)
+    get their tables created by one process at a time, under a lock file beside the database
+    (SQLAlchemy's table creation is not safe when two processes race on a fresh file), and
+    SQLite waits up to a minute for a busy database instead of failing.
+    """
+    import fcntl
+
+    import optuna
+
+    path = journal_path(url)
+    if path is not None:
+        backend = optuna.storages.journal.JournalFileBackend(path)
+        return optuna.storages.JournalStorage(backend)
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    db = url.split(":///", 1)[1] if url.startswith("sqlite:///") else None
+    if db is None:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def study_orders(study) -> list[tuple[DecodingOrder, float]]:

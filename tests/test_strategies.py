@@ -85,23 +85,33 @@ def test_optuna_finds_the_2x2_optimum():
     assert best[1] == pytest.approx(st.dp(table)[1])
 
 
-def _worker(storage, seed):
+def _worker_at_once(storage, seed, barrier):
+    import optuna  # imported before the barrier: the race is in creating the study, not in imports
+
+    del optuna
     table = synthetic_table(2, seed=1)
+    barrier.wait()
     st.optuna_search(table.rate, 2, trials=15, seed=seed, storage=storage, study_name="shared")
 
 
-def test_two_optuna_workers_share_one_sqlite_study(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_three_optuna_workers_started_together_finish_all_trials(tmp_path, kind):
+    """Three workers released by one barrier on a fresh storage: none dies creating the
+    tables (it did on SQLite: 'table version_info already exists'), all 45 trials complete."""
     import optuna
 
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = (
+        f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    )
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(storage, seed)) for seed in (1, 2)]
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_worker_at_once, args=(storage, seed, barrier)) for seed in (1, 2, 3)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
+        p.join(180)
         assert p.exitcode == 0
-    study = optuna.load_study(study_name="shared", storage=storage)
+    study = optuna.load_study(study_name="shared", storage=st.open_storage(storage))
     trials = study.get_trials()
-    assert len(trials) == 30 and len({t.number for t in trials}) == 30
+    assert len(trials) == 45 and len({t.number for t in trials}) == 45
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
