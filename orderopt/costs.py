@@ -20,6 +20,7 @@ Decoded sets are bitmasks over the k² in-patch positions, bit r·k + c for (row
 
 from __future__ import annotations
 
+import time
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -127,6 +128,49 @@ class ProxyOracle:
         return np.array(out)
 
 
+DENSE_MAX_PATCH = 4  # 2^16 rows; a dense 5×5 table would take 6.7 GB and a 6×6 one 18 TiB
+
+
+class SparseRows:
+    """The rows of a table too large to allocate (k ≥ 5), kept by subset as they are computed;
+    indexed like the dense array (``rows[S, q]``, ``rows[S]``, ``rows[[S, …]] = values``)."""
+
+    def __init__(self, n: int, width: int):
+        self.n, self.width, self.rows = n, width, {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _row(self, s) -> np.ndarray:
+        row = self.rows.get(int(s))
+        return row if row is not None else np.full(self.width, np.nan)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self._row(key[0])[key[1]]
+        return np.array([self._row(s) for s in key]) if np.ndim(key) else self._row(key)
+
+    def __setitem__(self, key, values) -> None:
+        for s, v in zip(np.atleast_1d(key), np.atleast_2d(values), strict=True):
+            self.rows[int(s)] = np.array(v, dtype=float)
+
+
+class SparseKnown:
+    """Which rows of :class:`SparseRows` are computed (the full set needs none)."""
+
+    def __init__(self, rows: SparseRows):
+        self.rows = rows
+
+    def __getitem__(self, s) -> bool:
+        return int(s) in self.rows.rows or int(s) == self.rows.n - 1
+
+    def __setitem__(self, key, value) -> None:
+        pass  # a row is known once it is set
+
+    def all(self) -> bool:
+        return len(self.rows.rows) + (self.rows.n - 1 not in self.rows.rows) >= self.rows.n
+
+
 class CostTable:
     """Stage costs c(S, q) of one patch size on one latent set, filled fully or lazily.
 
@@ -147,9 +191,13 @@ class CostTable:
     ):
         self.patch = patch
         n = 1 << (patch * patch)
-        self.table = table if table is not None else np.full((n, patch * patch), np.nan)
-        self.known = ~np.all(np.isnan(self.table), axis=1)
-        self.known[n - 1] = True  # the full set has nothing left to decode
+        if table is None and patch > DENSE_MAX_PATCH:  # filled lazily, row by row
+            self.table = SparseRows(n, patch * patch)
+            self.known = SparseKnown(self.table)
+        else:
+            self.table = table if table is not None else np.full((n, patch * patch), np.nan)
+            self.known = ~np.all(np.isnan(self.table), axis=1)
+            self.known[n - 1] = True  # the full set has nothing left to decode
         self.num_elements, self.num_pixels, self.z_bits = num_elements, num_pixels, z_bits
         self.oracle = oracle
         self.meta = dict(meta or {})
@@ -157,6 +205,13 @@ class CostTable:
         # and the bits of the autoregressive schedule on the same weights (None: not computed).
         self.image_costs: dict[int, np.ndarray] = {}
         self.raster_image_bits: np.ndarray | None = None
+        self._autosave: tuple[Path, float, float] | None = None  # (path, every_s, last save)
+
+    def autosave(self, path: str | Path, every_s: float = 30.0) -> None:
+        """Save to ``path`` whenever rows were computed and ``every_s`` seconds have passed
+        since the last save: a lazily filled search (greedy, Optuna) interrupted and run
+        again resumes with the rows it had, as the full-table fill does."""
+        self._autosave = (Path(path), every_s, time.perf_counter())
 
     @classmethod
     def from_oracle(cls, oracle: ProxyOracle, meta: dict | None = None) -> CostTable:
@@ -181,6 +236,11 @@ class CostTable:
             chunk = todo[start : start + batch]
             self.table[chunk] = self.oracle.costs(chunk)
             self.known[chunk] = True
+        if self._autosave is not None:
+            path, every_s, last = self._autosave
+            if time.perf_counter() - last >= every_s:
+                self.save(path)
+                self._autosave = (path, every_s, time.perf_counter())
 
     def fill_images(self, subsets: Iterable[int]) -> None:
         """Per-image costs of ``subsets`` (those still missing), in one batched pass."""
@@ -253,8 +313,7 @@ class CostTable:
                 format=FORMAT,
                 version=VERSION,
                 patch=self.patch,
-                table=self.table,
-                known=self.known,
+                **self._rows_to_save(),
                 num_elements=self.num_elements,
                 num_pixels=self.num_pixels,
                 z_bits=self.z_bits,
@@ -268,6 +327,14 @@ class CostTable:
             ),
         )
 
+    def _rows_to_save(self) -> dict[str, np.ndarray]:
+        """Dense: the whole table and its known mask. Sparse: the computed rows and their subsets."""
+        if isinstance(self.table, SparseRows):
+            subsets = sorted(self.table.rows)
+            rows = np.array([self.table.rows[s] for s in subsets]).reshape(-1, self.patch**2)
+            return {"table": rows, "known": np.array(subsets, dtype=np.int64), "sparse": np.array(True)}
+        return {"table": self.table, "known": self.known}
+
     @classmethod
     def load(cls, path: str | Path, oracle: ProxyOracle | None = None) -> CostTable:
         path = Path(path)
@@ -275,16 +342,20 @@ class CostTable:
             d = np.load(path, allow_pickle=False)
             if str(d["format"]) != FORMAT or int(d["version"]) != VERSION:
                 raise ValueError
+            sparse = "sparse" in d.files and bool(d["sparse"])
             t = cls(
                 int(d["patch"]),
                 int(d["num_elements"]),
                 int(d["num_pixels"]),
                 float(d["z_bits"]),
-                table=d["table"].copy(),
+                table=None if sparse else d["table"].copy(),
                 oracle=oracle,
                 meta=dict(zip(d["meta_keys"].tolist(), d["meta_values"].tolist(), strict=True)),
             )
-            t.known = d["known"].copy()
+            if sparse:
+                t.table[d["known"]] = d["table"]
+            else:
+                t.known = d["known"].copy()
             if "image_subsets" in d.files:
                 t.image_costs = dict(zip(d["image_subsets"].tolist(), d["image_costs"], strict=True))
                 t.raster_image_bits = d["raster_image_bits"].copy() if d["raster_image_bits"].size else None

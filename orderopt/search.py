@@ -489,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         if old.meta == meta and old.patch == args.patch:
             table = old
     table = table or CostTable.from_oracle(oracle, meta=meta)
+    table.autosave(costs_path)  # greedy and Optuna fill it lazily: an interrupted run resumes
     found, info = run_strategy(args, table, costs_path, lat)
     if args.random:
         rng = np.random.default_rng(args.seed)

@@ -207,3 +207,32 @@ def test_proxy_trains_on_raster_crops_too():
     )
     after = float(ProxyOracle(proxy, lat).raster_bits().sum())
     assert after < 0.9 * before
+
+
+def test_lazily_filled_table_saves_itself_for_a_resumed_run(tmp_path, proxy2):
+    """Greedy and Optuna fill the table row by row: with autosave, what an interrupted run
+    computed is on disk, and a run that loads it computes only what is missing."""
+    path = tmp_path / "costs.npz"
+    table = CostTable.from_oracle(ProxyOracle(proxy2, random_latents()))
+    table.autosave(path, every_s=0)
+    table.cost(0, 1)
+    table.cost(1, 2)  # the "interruption" comes after this
+    back = CostTable.load(path)
+    assert back.known[0] and back.known[1] and not back.known[2]
+    assert back.table[1, 2] == table.table[1, 2]
+
+
+def test_large_patches_keep_only_the_rows_they_compute(tmp_path):
+    """A 6×6 table has 2^36 rows (18 TiB dense): kept sparse, greedy-sized, saved and loaded."""
+    torch.manual_seed(0)
+    proxy = AnyOrderContext(6, M, CH).eval()
+    lat = random_latents(sizes=((12, 12), (12, 18), (18, 12)))
+    table = CostTable.from_oracle(ProxyOracle(proxy, lat))
+    order = o.random_order(6, 0)
+    direct = direct_cost(proxy, lat, 0, 5)
+    assert table.cost(0, 5) == pytest.approx(direct, rel=1e-4)
+    rate = table.rate(order)
+    assert len(table.table.rows) == 36 and not table.complete
+    table.save(tmp_path / "c.npz")
+    back = CostTable.load(tmp_path / "c.npz")
+    assert back.known[0] and not back.known[3] and back.rate(order) == pytest.approx(rate, rel=1e-12)
