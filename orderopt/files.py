@@ -73,7 +73,14 @@ def write_json(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def load_versioned(path: str | Path, fmt: str, version: int, what: str, missing_hint: str = "") -> dict:
+def load_versioned(
+    path: str | Path,
+    fmt: str,
+    version: int,
+    what: str,
+    missing_hint: str = "",
+    required: tuple[str, ...] = (),
+) -> dict:
     """Load a ``torch.save``d dict written with ``{"format": fmt, "version": version}``.
 
     Missing, unreadable, foreign and other-version files are ``UserError``s naming the file.
@@ -98,4 +105,7 @@ def load_versioned(path: str | Path, fmt: str, version: int, what: str, missing_
         raise UserError(
             f"{what} {path} has version {d.get('version')}, this orderopt reads version {version}"
         )
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise UserError(f"{what} {path} is incomplete: it lacks {', '.join(missing)}")
     return d

@@ -23,6 +23,7 @@ from .orders import DecodingOrder
 
 FORMAT = "orderopt-context"
 VERSION = 1
+CONTEXT_KEYS = ("kind", "latent_channels", "hyper_channels", "state_dict", "hash")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,12 @@ def save_context(
 def load_context(path: str | Path) -> tuple[ctxm.ContextModel, dict]:
     """A saved context model and its metadata; clear errors for bad files."""
     d = load_versioned(
-        path, FORMAT, VERSION, "context model", "train it with `python -m orderopt.train context`"
+        path,
+        FORMAT,
+        VERSION,
+        "context model",
+        "train it with `python -m orderopt.train context`",
+        required=CONTEXT_KEYS,
     )
     if state_hash(d["state_dict"]) != d.get("hash"):
         raise ValueError(f"context model {path} is corrupt: weights do not match the recorded hash")
@@ -187,7 +193,8 @@ def fit_context(
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = 0
     if checkpoint is not None and checkpoint.is_file():
-        d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint")  # never unpickles code
+        # weights only (never unpickles code), with every key a context model needs
+        d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint", required=CONTEXT_KEYS)
         check_same_model(d, meta or {}, checkpoint)
         if d.get("train_state") and d["train_state"].get("config") == asdict(config):
             model.load_state_dict(d["state_dict"])
@@ -217,6 +224,12 @@ def fit_context(
             g["lr"] = lr
         y, h = (t.to(device, non_blocking=True) for t in crops.sample(config.batch))
         loss = loss_bits(model, y, h, rng, config.raster_fraction)
+        if not torch.isfinite(loss):  # a saved model must be a usable one
+            raise UserError(
+                f"the loss became non-finite at step {step + 1}"
+                + (f"; the last checkpoint in {checkpoint} is kept" if checkpoint is not None else "")
+                + ": lower the learning rate"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

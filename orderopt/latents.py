@@ -73,6 +73,13 @@ class LatentSet:
                     f"latents of {e.name!r}: ŷ {tuple(e.y_hat.shape)} and hyper {tuple(e.hyper.shape)} "
                     "must be (channels, h, w) of equal h and w"
                 )
+            if not e.num_pixels > 0 or not np.isfinite(e.z_bits) or e.z_bits < 0:
+                raise UserError(
+                    f"latents of {e.name!r}: num_pixels {e.num_pixels} and z_bits {e.z_bits} must be "
+                    "positive (the image's pixel count) and non-negative"
+                )
+            if e.y_hat.numel() == 0:
+                raise UserError(f"latents of {e.name!r} are empty ({tuple(e.y_hat.shape)})")
 
     @property
     def latent_channels(self) -> int:

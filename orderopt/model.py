@@ -257,6 +257,7 @@ def read_checkpoint(path: str | Path) -> dict:
         VERSION,
         "base-model checkpoint",
         "train one with `python -m orderopt.train base` or leave out --model to use the shipped model",
+        required=("arch", "lmbda", "training", "state_dict", "hash"),
     )
     if state_hash(ckpt["state_dict"]) != ckpt.get("hash"):
         raise UserError(f"checkpoint {path} is corrupt: its weights do not match the recorded hash")

@@ -185,7 +185,7 @@ def train_context(args: argparse.Namespace) -> int:
     from . import orders
     from .costs import CostTable, ProxyOracle
     from .files import write_json
-    from .fit import FORMAT, VERSION, FitConfig, build_context, fit_context, measure
+    from .fit import CONTEXT_KEYS, FORMAT, VERSION, FitConfig, build_context, fit_context, measure
 
     device = torch_device(args.device)
     if args.threads:
@@ -195,7 +195,7 @@ def train_context(args: argparse.Namespace) -> int:
         raise UserError("choose exactly one of --order, --kind and --proxy")
     check_writable(args.out)
     if Path(args.out).exists():  # resumed from: a context checkpoint (never unpickled code), before any work
-        load_versioned(args.out, FORMAT, VERSION, "context checkpoint")
+        load_versioned(args.out, FORMAT, VERSION, "context checkpoint", required=CONTEXT_KEYS)
     if args.kind:
         spec = {"checkerboard": orders.checkerboard(), "hyperprior": orders.hyperprior_only()}.get(
             args.kind, args.kind
@@ -311,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--val-every", type=number(at_least=1), default=1000, help="validation interval in steps")
     b.add_argument("--ckpt-every", type=number(at_least=1), default=200, help="checkpoint interval in steps")
     b.add_argument(
-        "--threads", type=number(at_least=0), default=0, help="torch CPU threads (0: torch's default)"
+        "--threads",
+        type=number(at_least=0, at_most=1024),
+        default=0,
+        help="torch CPU threads (0: torch's default)",
     )
     b.add_argument(
         "--precision",
@@ -363,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--seed", type=int, default=0, help="random seed")
     c.add_argument(
-        "--threads", type=number(at_least=0), default=0, help="torch CPU threads (0: torch's default)"
+        "--threads",
+        type=number(at_least=0, at_most=1024),
+        default=0,
+        help="torch CPU threads (0: torch's default)",
     )
     add_device_option(c)
     c.add_argument(

@@ -241,3 +241,42 @@ def test_output_paths_that_cannot_be_written(tmp_path):
         with pytest.raises(UserError, match="permission denied"):
             write_json({}, ro / "out.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "ro"][: 2 + (os.geteuid() != 0)]
+
+
+# --- careless inputs ---------------------------------------------------------------------------
+def test_checkpoint_with_the_right_tag_but_missing_keys(tmp_path):
+    path = tmp_path / "half.pt"
+    torch.save({"format": "orderopt-context", "version": 1, "kind": "anyorder"}, path)
+    with pytest.raises(
+        UserError, match="incomplete: it lacks latent_channels, hyper_channels, state_dict, hash"
+    ):
+        load_context(path)
+    torch.save({"format": "orderopt-base", "version": 1, "arch": {"N": 8, "M": 12}}, path)
+    with pytest.raises(UserError, match="incomplete"):
+        load_model(path)
+
+
+def test_latents_with_no_pixels_are_refused():
+    y = torch.zeros(M, 4, 4)
+    with pytest.raises(UserError, match="num_pixels 0"):
+        LatentSet((LatentEntry("a", y, torch.zeros(CH, 4, 4), 1.0, 0),), "m", "i")
+
+
+def test_training_that_diverges_stops_with_an_error(tmp_path):
+    lat = tiny_latents()
+    model = build_context("autoregressive", M, CH)
+    with torch.no_grad():
+        model.conv.weight.fill_(float("inf"))
+    with pytest.raises(UserError, match="non-finite at step 1"):
+        fit_context(model, lat, FitConfig(steps=3, batch=1, crop=8), tmp_path / "x.pt", progress=False)
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "100000"])
+def test_numbers_that_would_crash_training_are_refused(value, tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "orderopt.train", "base", "--images", str(tmp_path), "--out",
+         str(tmp_path / "b.pt"), "--threads" if value == "100000" else "--lr", value],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
