@@ -60,6 +60,11 @@ class Run:
             raise UserError(f"{self.path} is not an orderopt search run (its manifest is not a JSON object)")
         if self.manifest.get("status") != "complete":
             raise UserError(f"the run in {self.path} did not finish; run the same search again to resume it")
+        if "gain_basis" in self.df.columns:
+            raise UserError(
+                f"{self.path} was written by an older orderopt (mixed rate bases, no intervals); "
+                "run its search again (the command is in its manifest.json)"
+            )
         if list(self.df.columns) != COLUMNS or "arguments" not in self.manifest:
             raise UserError(f"{self.path} is not an orderopt search run (unexpected manifest or columns)")
         args = self.manifest["arguments"]

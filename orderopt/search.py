@@ -52,7 +52,7 @@ from . import orders as od
 from .costs import CostTable, ProxyOracle, bitmask, dedicated_rate
 from .devices import add_device_option, device_name, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
-from .files import atomic_write, write_json
+from .files import atomic_write, check_writable, write_json
 from .fit import FitConfig, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
 from .model import SHIPPED, load_model
@@ -468,12 +468,18 @@ def main(argv: list[str] | None = None) -> int:
     manifest_path = out / "manifest.json"
     key = settings_key(args)
     if manifest_path.is_file() and not args.force:
-        m = json.loads(manifest_path.read_text())
-        if m.get("status") == "complete" and m.get("settings_key") == key:
+        try:
+            m = json.loads(manifest_path.read_text())
+            finished = m.get("status") == "complete" and m.get("settings_key") == key
+            if finished:
+                df = pd.read_csv(out / "candidates.csv")
+        except (ValueError, AttributeError, OSError, pd.errors.ParserError) as err:
+            raise UserError(f"run files in {out} are damaged ({err}); pass --force to recompute") from None
+        if finished:
             print(f"reusing the finished run in {out} (--force to recompute)")
-            print_table(pd.read_csv(out / "candidates.csv"))
+            print_table(df)
             return 0
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(manifest_path)  # the folder itself is made by the first write, after the checks
     t0 = time.time()
     lat, inputs = held_out_latents(args)
     h, w = lat.min_size

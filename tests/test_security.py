@@ -280,3 +280,25 @@ def test_numbers_that_would_crash_training_are_refused(value, tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_search_with_bad_inputs_leaves_no_run_folder(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "orderopt.search", "--patch", "2", "--images", str(tmp_path / "none"), "--out",
+         str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and not out.exists(), r.stderr
+
+
+def test_search_with_a_damaged_manifest_says_so(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text("{not json")
+    r = subprocess.run(
+        [sys.executable, "-m", "orderopt.search", "--patch", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "damaged" in r.stderr and "--force" in r.stderr and r.stderr.count("\n") == 1
