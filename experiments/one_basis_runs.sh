@@ -11,7 +11,7 @@ python -m orderopt.search --patch 2 --out results/search-patch2 --force
 python -m orderopt.search --patch 4 --strategy greedy --random 200 --out results/search-patch4 --force
 python -m orderopt.search --patch 2 --images "$WIKI" --out results/search-patch2-wikiphotos --force
 python -m orderopt.search --patch 4 --strategy greedy --random 50 --images "$WIKI" --out results/search-patch4-wikiphotos --force
-python experiments/proxy_gaps.py --train-latents checkpoints/context/train_latents.pt
-python experiments/proxy_gaps.py --train-latents checkpoints/context/train_latents.pt --images "$WIKI" --stem proxy_gaps_wikiphotos
+python experiments/proxy_gaps.py --train-latents checkpoints/context/train_latents.pt --autoregressive orderopt/weights/autoregressive.pt
+python experiments/proxy_gaps.py --train-latents checkpoints/context/train_latents.pt --autoregressive orderopt/weights/autoregressive.pt --images "$WIKI" --stem proxy_gaps_wikiphotos
 python -m orderopt.report results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos \
     results/search-patch4-wikiphotos --out results/report --decode-time results/decode_time.json

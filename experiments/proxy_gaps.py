@@ -23,7 +23,7 @@ from outputs import save_results
 from orderopt import data
 from orderopt import orders as od
 from orderopt.costs import CostTable, ProxyOracle, dedicated_rate
-from orderopt.fit import FitConfig, load_context
+from orderopt.fit import FitConfig, load_context, measure
 from orderopt.latents import cached_latents, load_latents
 from orderopt.model import SHIPPED, load_model
 from orderopt.results import Bootstrap, gain_pct, interval, resampled_totals
@@ -53,6 +53,11 @@ def main() -> None:
     p.add_argument("--models", type=Path, default=Path("checkpoints/proxy_gaps"), help="dedicated models")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--steps", type=int, default=3000, help="dedicated models' steps (the proxies' budget)")
+    p.add_argument(
+        "--autoregressive",
+        help="a dedicated autoregressive model trained with that budget (e.g. the shipped one, from "
+        "experiments/train_shipped_context.sh) instead of training one here",
+    )
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--stem", default="proxy_gaps", help="output file stem")
     args = p.parse_args()
@@ -81,14 +86,24 @@ def main() -> None:
     args.models.mkdir(parents=True, exist_ok=True)
     per_image = {}
     for name, order in BASELINES.items():
-        spec = order if order is not None else "autoregressive"
-        rec = dedicated_rate(spec, train, held, config, checkpoint=args.models / f"{name}-{steps}.pt")
+        if name == "autoregressive" and args.autoregressive:
+            model, ar_meta = load_context(args.autoregressive)
+            if ar_meta.get("steps_done") != steps or ar_meta.get("model_hash") != meta["hash"]:
+                raise SystemExit(
+                    f"error: {args.autoregressive} is not a {steps}-step model of the shipped base"
+                )
+            rec = measure(model, held)
+        else:
+            spec = order if order is not None else "autoregressive"
+            rec = dedicated_rate(spec, train, held, config, checkpoint=args.models / f"{name}-{steps}.pt")
         pixels = {e.name: e.num_pixels for e in held.entries}
         per_image[name] = np.array([im["bpp_y"] * pixels[im["name"]] for im in rec["images"]])
         result["dedicated"][name] = {"bits_per_latent": rec["bits_per_latent"], "steps": steps}
     result["dedicated_gaps"] = gaps(per_image, boot)
-    cmd = f"python experiments/proxy_gaps.py --train-latents {args.train_latents} --steps {steps}" + (
-        f" --images {args.images} --stem {args.stem}" if args.images else ""
+    cmd = (
+        f"python experiments/proxy_gaps.py --train-latents {args.train_latents} --steps {steps}"
+        + (f" --autoregressive {args.autoregressive}" if args.autoregressive else "")
+        + (f" --images {args.images} --stem {args.stem}" if args.images else "")
     )
     result["command"] = cmd
 

@@ -65,10 +65,16 @@ def test_interval_of_a_constant_ratio_is_a_point_and_noise_widens_it():
     assert df.at["exact", "gain_vs_checkerboard_ci_high"] == pytest.approx(-1.0)
     lo, hi = df.at["noisy", "gain_vs_checkerboard_ci_low"], df.at["noisy", "gain_vs_checkerboard_ci_high"]
     assert lo < -1.0 < hi and hi - lo > 1.0 and lo < 0 < hi
-    # autoregressive is best; "exact" is 1.0204% above it on every image, so told apart; "noisy" not
-    assert df.index[0] == "autoregressive" and not df.at["autoregressive", "distinguishable_from_best"]
+    # autoregressive ranks first, but "best" is the best candidate order: "exact" (tied with
+    # "noisy" on the totals, first by the stable sort); "noisy" cannot be told apart from it,
+    # autoregressive (1% below "exact" on every image) and checkerboard can
+    assert df.index[0] == "autoregressive" and not df.at["exact", "distinguishable_from_best"]
     assert df.at["exact", "gain_vs_autoregressive_pct"] == pytest.approx(100 * (0.99 / 0.98 - 1))
-    assert df.at["exact", "distinguishable_from_best"] and df.at["checkerboard", "distinguishable_from_best"]
+    assert not df.at["noisy", "distinguishable_from_best"]
+    assert (
+        df.at["autoregressive", "distinguishable_from_best"]
+        and df.at["checkerboard", "distinguishable_from_best"]
+    )
     assert df.at["exact", "bpp"] == pytest.approx((0.99 * 1000 + 2000) / 256_000)
 
 
