@@ -63,7 +63,7 @@ def number(
     return parse
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows ``(default: …)`` unless the help already says what the default is, or there is
     no default value to show (flags, optional paths)."""
 
