@@ -468,6 +468,15 @@ def class_rows(run: Run) -> list[str]:
             f"| `{c['class']}` | {c['orders']} | {c['gain_vs_best_class_pct']:+.3f}% "
             f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {'yes' if c['distinguishable'] else 'no'} |"
         )
+    exact = cmp[(cmp["ci_low"].abs() < 1e-9) & (cmp["ci_high"].abs() < 1e-9)]  # ties up to rounding
+    if len(exact) > 1:
+        out += [
+            "",
+            "Classes " + ", ".join(f"`{c}`" for c in exact["class"]) + " have the same mean rate on every "
+            "image, exactly: over all their orders they sum the same stage costs c(S, q) (for 2×2: the "
+            "first two positions adjacent, the third adjacent to either), so no amount of images can "
+            "separate them by their means.",
+        ]
     return out
 
 
@@ -504,8 +513,8 @@ def summary_rows(run: Run) -> list[str]:
         f"**{len(tied)} of {len(d)} orders cannot be told apart from the best** (the paired 95% interval "
         f"of their rate minus the best's includes 0): {shown}. "
         + (
-            "Per-order differences this small are noise at this number of images; pass a larger held-out "
-            "folder (`--images DIR`) to resolve them."
+            "Their differences from the best are within the noise of this number of images; a larger "
+            "held-out folder (`--images DIR`) narrows the intervals."
             if len(tied) > 1
             else "The best order is resolved at this number of images."
         ),
