@@ -194,7 +194,7 @@ def fit_context(
     step = 0
     if checkpoint is not None and checkpoint.is_file():
         # weights only (never unpickles code), with every key a context model needs
-        d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint", required=CONTEXT_KEYS)
+        d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint", required=("state_dict",))
         check_same_model(d, meta or {}, checkpoint)
         if d.get("train_state") and d["train_state"].get("config") == asdict(config):
             model.load_state_dict(d["state_dict"])

@@ -147,7 +147,7 @@ def test_fit_resumes_after_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, checkpoint=ckpt, progress=False)
     monkeypatch.setattr(fit.LatentCrops, "sample", real_sample)
-    assert torch.load(ckpt, weights_only=False)["train_state"]["step"] == 100
+    assert torch.load(ckpt, weights_only=True)["train_state"]["step"] == 100
     torch.manual_seed(5)  # resuming restores every random state itself
     resumed = fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, checkpoint=ckpt, progress=False)
     assert measure(resumed, held)["bits"] == pytest.approx(measure(straight, held)["bits"], rel=1e-5)
