@@ -302,3 +302,34 @@ def test_search_with_a_damaged_manifest_says_so(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "damaged" in r.stderr and "--force" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_train_context_out_pointing_at_a_base_model_is_refused_and_kept(tmp_path, tiny_ckpt, image_dir):
+    before = tiny_ckpt.read_bytes()
+    r = subprocess.run(
+        [sys.executable, "-m", "orderopt.train", "context", "--kind", "checkerboard", "--train-images",
+         str(image_dir), "--model", str(tiny_ckpt), "--cache-dir", str(tmp_path / "cache"), "--steps", "1",
+         "--out", str(tiny_ckpt)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "orderopt-base" in r.stderr, r.stderr
+    assert tiny_ckpt.read_bytes() == before
+
+
+def test_search_with_a_damaged_cost_table_says_so(tmp_path, tiny_ckpt, image_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "costs.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    proxy = tmp_path / "p.pt"
+    torch.manual_seed(0)
+    save_context(
+        AnyOrderContext(2, M, CH), proxy,
+        {"kind": "anyorder", "patch": 2, "latent_channels": M, "hyper_channels": CH, "model_hash": "t"},
+    )  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "orderopt.search", "--patch", "2", "--model", str(tiny_ckpt), "--images",
+         str(image_dir), "--cache-dir", str(tmp_path / "cache"), "--proxy", str(proxy), "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    err = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert r.returncode == 2 and len(err) == 1 and "costs.npz" in err[0] and "Traceback" not in r.stderr
