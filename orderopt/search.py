@@ -491,7 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"model_hash": lat.model_hash, "images_hash": lat.images_hash, "proxy_hash": proxy_meta["hash"]}
     table = None
     if costs_path.is_file() and not args.force:
-        old = CostTable.load(costs_path, oracle=oracle)
+        try:
+            old = CostTable.load(costs_path, oracle=oracle)
+        except ValueError as err:
+            raise UserError(f"{err}; pass --force to recompute it") from None
         if old.meta == meta and old.patch == args.patch:
             table = old
     table = table or CostTable.from_oracle(oracle, meta=meta)

@@ -332,4 +332,5 @@ def test_search_with_a_damaged_cost_table_says_so(tmp_path, tiny_ckpt, image_dir
         capture_output=True, text=True,
     )  # fmt: skip
     err = [line for line in r.stderr.splitlines() if line.startswith("error")]
-    assert r.returncode == 2 and len(err) == 1 and "costs.npz" in err[0] and "Traceback" not in r.stderr
+    assert r.returncode == 2 and len(err) == 1 and "costs.npz" in err[0] and "--force" in err[0]
+    assert "Traceback" not in r.stderr
