@@ -249,8 +249,16 @@ class CostTable:
             return
         if self.oracle is None:
             raise ValueError("per-image costs are missing and the cost table has no oracle to compute them")
-        for s, row in zip(todo, self.oracle.costs(todo, per_image=True), strict=True):
-            self.image_costs[s] = row
+        batch = 256
+        for start in tqdm(
+            range(0, len(todo), batch), desc="per-image costs", unit="batch", disable=len(todo) <= batch
+        ):
+            chunk = todo[start : start + batch]
+            for s, row in zip(chunk, self.oracle.costs(chunk, per_image=True), strict=True):
+                self.image_costs[s] = row
+                if not self.known[s]:  # the total comes with it: no second pass for this row
+                    self.table[s] = row.sum(-1)
+                    self.known[s] = True
 
     def image_rates(self, order: DecodingOrder) -> np.ndarray:
         """Bits of ŷ of every image under ``order`` (sums to :meth:`rate` up to rounding)."""

@@ -513,8 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for sd, _ in o.schedule()
     }
-    table.fill(sorted(needed), progress=True)  # one batched pass for every order still to score
-    table.fill_images(needed)  # each image's share, for the intervals
+    # each image's share (for the intervals) of every subset an order to score uses, and so its
+    # total: one batched pass
+    table.fill_images(needed)
     if float(proxy_meta.get("raster_fraction", 0)) > 0:  # the proxy also rates autoregressive
         table.fill_raster()
     else:
