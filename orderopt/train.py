@@ -267,6 +267,15 @@ def _is_context_file(path: str) -> bool:
     return isinstance(d, dict) and d.get("format") == "orderopt-context"
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=number(at_least=0, at_most=1024),
+        default=0,
+        help="torch CPU threads (0: torch's default)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     p = OneLineErrorParser(prog="python -m orderopt.train", description=__doc__, formatter_class=fmt)
@@ -310,12 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="random seed")
     b.add_argument("--val-every", type=number(at_least=1), default=1000, help="validation interval in steps")
     b.add_argument("--ckpt-every", type=number(at_least=1), default=200, help="checkpoint interval in steps")
-    b.add_argument(
-        "--threads",
-        type=number(at_least=0, at_most=1024),
-        default=0,
-        help="torch CPU threads (0: torch's default)",
-    )
+    add_threads_option(b)
     b.add_argument(
         "--precision",
         choices=["float32", "bfloat16"],
@@ -365,12 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam learning rate (÷10 for the last 20%% of steps)",
     )
     c.add_argument("--seed", type=int, default=0, help="random seed")
-    c.add_argument(
-        "--threads",
-        type=number(at_least=0, at_most=1024),
-        default=0,
-        help="torch CPU threads (0: torch's default)",
-    )
+    add_threads_option(c)
     add_device_option(c)
     c.add_argument(
         "--out", required=True, help="checkpoint (resumed from when it exists); results go to .json beside it"
