@@ -490,6 +490,7 @@ def unpack(stream: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
 # probability tables a header can make the decoder build.
 MAX_SYMBOL = 1 << 15
 MAX_PATCH = 64
+MAX_Z_TABLE = 1 << 27  # entries of ẑ's probability rows (1 GiB in float64): far above real streams
 _CONTEXT_KINDS = ("multistage", "autoregressive", "anyorder")
 
 
@@ -536,6 +537,11 @@ def check_header(header) -> None:
         lo, hi = _ints(header.get(name), 2, name, -MAX_SYMBOL, MAX_SYMBOL)
         if lo >= hi:
             raise UserError(f"stream header is invalid: {name} {[lo, hi]} is empty")
+    zlo, zhi = header["z_range"]
+    if zh * zw * n * (zhi - zlo + 1) > MAX_Z_TABLE:  # ẑ's decoder holds a table row per symbol
+        raise UserError(
+            f"stream header is invalid: z_range {[zlo, zhi]} is too wide for {n}×{zh}×{zw} hyper-latents"
+        )
     _str(header.get("model"), "model hash")
     ctx = header.get("context")
     if not isinstance(ctx, dict):

@@ -95,6 +95,8 @@ def read_rgb(path: str | Path, min_side: int = MIN_SIDE) -> np.ndarray:
             arr = to_rgb8(im)
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist") from None
+    except UserError:
+        raise
     except IsADirectoryError:
         raise UserError(f"image {path} is a folder, not an image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

@@ -105,6 +105,8 @@ def loss_bits(
     decoded sets of its patch."""
     if isinstance(model, ctxm.AnyOrderContext):
         n = int(round(raster_fraction * y.shape[0]))
+        if 0 < raster_fraction < 1 and y.shape[0] > 1:  # both kinds in every batch, however small
+            n = min(max(n, 1), y.shape[0] - 1)
         bits, count = y.new_zeros(()), 0
         if n:
             kernel = ctxm.raster_mask(model.kernel_size).to(y)

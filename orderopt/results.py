@@ -111,6 +111,8 @@ def build_rows(
     pool = pool if np.isfinite(pool).any() else bits
     best = int(np.nanargmin(pool)) if np.isfinite(pool).any() else None
     have = [i for i, n in enumerate(names) if n in per_image and np.isfinite(bits[i])]
+    if have and len(per_image[names[have[0]]]) < 2:
+        have = []  # one image: resampling it says nothing about other images (no interval)
     ci = {
         f"gain_vs_{b}_ci_{e}": np.full(len(df), np.nan)
         for b in ("checkerboard", "autoregressive")
@@ -156,7 +158,7 @@ def class_comparison(
         if order in per_image:
             members.setdefault(cls, []).append(order)
     names = sorted(members)
-    if not names:
+    if not names or len(next(iter(per_image.values()))) < 2:  # one image: no interval to draw
         return pd.DataFrame(
             columns=["class", "orders", "gain_vs_best_class_pct", "ci_low", "ci_high", "distinguishable"]
         )

@@ -236,3 +236,26 @@ def test_large_patches_keep_only_the_rows_they_compute(tmp_path):
     table.save(tmp_path / "c.npz")
     back = CostTable.load(tmp_path / "c.npz")
     assert back.known[0] and not back.known[3] and back.rate(order) == pytest.approx(rate, rel=1e-12)
+
+
+def test_small_batches_train_both_kinds_of_context(monkeypatch):
+    """raster_fraction 0.25 of a batch of 2 rounds to 0: still one raster crop and one decoded-set crop."""
+    from orderopt import fit
+
+    calls = {"kernel": 0, "masked": 0}
+    proxy = AnyOrderContext(2, M, CH)
+    real_k, real_m = proxy.forward_kernel, proxy.forward_masked
+
+    def k(*a):
+        calls["kernel"] += a[0].shape[0]
+        return real_k(*a)
+
+    def m(*a):
+        calls["masked"] += a[0].shape[0]
+        return real_m(*a)
+
+    monkeypatch.setattr(proxy, "forward_kernel", k)
+    monkeypatch.setattr(proxy, "forward_masked", m)
+    y, h = torch.randn(2, M, 8, 8).round(), torch.randn(2, CH, 8, 8)
+    fit.loss_bits(proxy, y, h, np.random.default_rng(0), raster_fraction=0.25)
+    assert calls == {"kernel": 1, "masked": 1}

@@ -141,3 +141,12 @@ def test_interval_percentiles():
     lo, hi = interval(np.arange(1001.0)[:, None])
     assert lo[0] == pytest.approx(25) and hi[0] == pytest.approx(975)
     assert isinstance(pd.DataFrame, type)
+
+
+def test_one_image_gives_no_interval():
+    """Resampling a single image says nothing about others: no interval, nothing told apart."""
+    rows = [row("checkerboard", 1.0, source="baseline"), row("a", 0.99), row("b", 0.98)]
+    per_image = {"checkerboard": np.array([100.0]), "a": np.array([99.0]), "b": np.array([98.0])}
+    df = build_rows(rows, per_image, "proxy", TOTALS, Bootstrap(resamples=100))
+    assert df["gain_vs_checkerboard_ci_low"].isna().all() and not df["distinguishable_from_best"].any()
+    assert class_comparison(per_image, {"a": "A", "b": "B"}, Bootstrap(resamples=100)).empty

@@ -142,6 +142,15 @@ def crafted(stream: bytes, **changes) -> bytes:
         ({"image": [10**6, 10**6]}, "megapixels"),
         ({"image": "70x90"}, "image size"),
         ({"z_range": [-(10**9), 10**9]}, "z_range"),
+        (
+            {
+                "image": [4000, 9000],
+                "y_shape": [12, 252, 564],
+                "z_shape": [8, 63, 141],
+                "z_range": [-32768, 32768],
+            },
+            "too wide",
+        ),  # 36 megapixels × a 65,537-symbol ẑ table: 150 GB of rows before
         ({"y_range": [3, 3]}, "empty"),
         ({"precision": "float64"}, "precision"),
         ({"device": "tpu"}, "device"),
@@ -334,3 +343,12 @@ def test_search_with_a_damaged_cost_table_says_so(tmp_path, tiny_ckpt, image_dir
     err = [line for line in r.stderr.splitlines() if line.startswith("error")]
     assert r.returncode == 2 and len(err) == 1 and "costs.npz" in err[0] and "--force" in err[0]
     assert "Traceback" not in r.stderr
+
+
+def test_image_over_the_limit_says_so_not_truncated(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(path)
+    monkeypatch.setenv(data.MAX_MEGAPIXELS_ENV, "0.001")
+    with pytest.raises(UserError) as err:
+        data.read_rgb(path)
+    assert "above the limit" in str(err.value) and "truncated" not in str(err.value)
