@@ -5,7 +5,7 @@ float32 against bfloat16 autocast (channels-last, likelihoods in float32: what
 warm-up. Whether bfloat16 pays depends on the CPU: with AVX-512 BF16 / AMX oneDNN runs the
 convolutions in bfloat16; without, they fall back to slow reference kernels.
 
-    python experiments/bench_base_step.py [--steps 6] [--out results]
+    python experiments/bench_base_step.py [--steps 3] [--out results]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def cpu_flags() -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     p.add_argument("--out", default="results", help="output folder")
     args = p.parse_args()
     rows = []

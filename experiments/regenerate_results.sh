@@ -5,6 +5,7 @@
 #   (about 2 h of training on 2 CPU cores), with their report. The exact 4x4 optimum:
 #   python -m orderopt.search --patch 4 --strategy dp --out results/search-patch4-dp
 #   (about 30 minutes of cost table on a 2-core CPU).
+# Context models first: bash experiments/train_shipped_context.sh (3,000 steps each).
 #   bash experiments/regenerate_results.sh [BSDS500_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,15 +28,18 @@ python -m orderopt.latents --images "$BSDS/val" --out checkpoints/context/val_la
 # 2x2, held out on the embedded photographs: dedicated models fine-tuned from the proxy, and from scratch
 PATCHES=2 bash experiments/verify_search.sh proxy
 PATCHES=2 bash experiments/verify_search.sh scratch
-python experiments/dedicated_spread.py results/search-patch2-from-proxy results/search-patch2 \
+python experiments/dedicated_spread.py results/search-patch2-from-proxy results/search-patch2-scratch \
     --out results/dedicated_spread_patch2
 # Held out on BSDS500 val, the training latents' domain (100 unseen images), 500 steps: fine-tuning
 # specialises models to BSDS500 and, past ~250 steps, loses rate on the photographs (finetune_probe)
 python experiments/finetune_probe.py --order raster4 --steps 1000 --every 250 --out results/finetune_probe_patch4
 HELD_OUT=checkpoints/context/val_latents.pt STEPS_OVERRIDE=500 RANDOM_ORDERS=20 \
     bash experiments/verify_search.sh proxy
-python -m orderopt.search --patch 4 --strategy greedy --random 200 --out results/search-patch4 --force
-GPU_TIMES=$(ls results/decode_time_cuda.json results/decode_time_cuda_gaussian.json 2>/dev/null | head -1)
-python -m orderopt.report results/search-patch2-from-proxy-bsdsval results/search-patch4-from-proxy-bsdsval \
-    results/search-patch2-from-proxy results/search-patch4 results/search-patch2 --out results/report \
-    --decode-time results/decode_time.json $GPU_TIMES
+python experiments/bench_base_step.py --out results
+# the shipped model's runs on one basis (embedded photographs and wikiphotos), the proxies'
+# baseline gaps, the summary table, the report, and the index of results/
+bash experiments/one_basis_runs.sh
+python experiments/one_basis_summary.py results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos \
+    results/search-patch4-wikiphotos
+bash experiments/time_default_search.sh
+python experiments/results_index.py

@@ -20,7 +20,7 @@ PROTOCOL=${1:-proxy}
 TRAIN=${2:-checkpoints/context/train_latents.pt}  # written by experiments/train_shipped_context.sh
 JOBS=${3:-2}
 case "$PROTOCOL" in
-  scratch) STEPS=1500; SUFFIX="" ;;       # the proxies' own budget
+  scratch) STEPS=1500; SUFFIX="-scratch" ;;  # verified from scratch
   proxy) STEPS=1000; SUFFIX="-from-proxy" ;;
   *) echo "protocol must be scratch or proxy" >&2; exit 2 ;;
 esac
