@@ -28,7 +28,7 @@ from orderopt.costs import bitmask, dedicated_rate
 from orderopt.fit import FitConfig, load_context, measure
 from orderopt.latents import cached_latents, load_latents
 from orderopt.model import SHIPPED, gaussian_bits, load_model
-from orderopt.results import Bootstrap, gain_pct, interval, resampled_totals
+from orderopt.results import Bootstrap, dedicated_image_bits, gain_pct, interval, resampled_totals
 
 BASELINES = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": None}
 
@@ -117,7 +117,7 @@ def main() -> None:
             spec = order if order is not None else "autoregressive"
             rec = dedicated_rate(spec, train, held, config, checkpoint=args.models / f"{name}-{steps}.pt")
         pixels = {e.name: e.num_pixels for e in held.entries}
-        per_image[name] = np.array([im["bpp_y"] * pixels[im["name"]] for im in rec["images"]])
+        per_image[name] = dedicated_image_bits(rec, pixels)
         result["dedicated"][name] = {"bits_per_latent": rec["bits_per_latent"], "steps": steps}
     result["dedicated_gaps"] = gaps(per_image, boot)
     cmd = (

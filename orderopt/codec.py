@@ -607,8 +607,8 @@ def decode(
             f"stream was encoded with context model {header['context'].get('hash')}, not "
             f"{context_meta.get('hash')}; pass the same --context"
         )
-    m, _, _ = header["y_shape"]
-    n = header["z_shape"][0]
+    m, h, w = header["y_shape"]  # checked by unpack: consistent with the image size
+    n, hz, wz = header["z_shape"]
     if (m, n) != (base.M, base.N):
         raise UserError(
             f"stream header is invalid: {m} latent and {n} hyper-latent channels, and the base model "
@@ -622,7 +622,6 @@ def decode(
             f"pass --device {coded_on}"
         )
     t = time.perf_counter()
-    n, hz, wz = header["z_shape"]
     zlo, zhi = header["z_range"]
     probs = z_probabilities(base, zlo, zhi)
     dec = constriction.stream.queue.RangeDecoder(z_words)
@@ -632,7 +631,6 @@ def decode(
         torch.from_numpy(zs.reshape(hz * wz, n).T.reshape(1, n, hz, wz).astype(np.float32)).to(device) + zlo
     )
     hyper = base.h_s(z_hat)
-    m, h, w = header["y_shape"]
     order = od.DecodingOrder.parse(header["order"]) if header.get("order") else None
     schedule = make_schedule(context, order, h, w, PRECISIONS[header["precision"]])
     if device.type == "cuda":  # kernels run asynchronously: wait for h_s before reading the clock

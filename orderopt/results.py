@@ -139,6 +139,12 @@ def build_rows(
     return df[COLUMNS]
 
 
+def dedicated_image_bits(record: dict, pixels: dict[str, int]) -> np.ndarray:
+    """A dedicated model's ŷ bits per image, from :func:`orderopt.fit.measure`'s per-image bpp
+    and each image's pixel count (by name)."""
+    return np.array([im["bpp_y"] * pixels[im["name"]] for im in record["images"]])
+
+
 def choose_basis(rows: list[dict]) -> str:
     """``dedicated`` when every row has a dedicated rate, else ``proxy``."""
     ded = [r.get("dedicated_bits_per_latent", np.nan) for r in rows]

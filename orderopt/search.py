@@ -56,7 +56,7 @@ from .files import atomic_write, check_writable, write_json
 from .fit import FitConfig, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
 from .model import SHIPPED, load_model
-from .results import Bootstrap, LatentTotals, choose_basis
+from .results import Bootstrap, LatentTotals, choose_basis, dedicated_image_bits
 from .results import build_rows as results_table
 
 WEIGHTS = SHIPPED.parent  # the shipped weights folder
@@ -368,7 +368,7 @@ def build_rows(
     else:  # each dedicated model's bits per image, from its bpp of ŷ
         pixels = {e.name: e.num_pixels for e in lat.entries}
         per_image = {
-            name: np.array([im["bpp_y"] * pixels[im["name"]] for im in rec["images"]])
+            name: dedicated_image_bits(rec, pixels)
             for name, rec in dedicated.items()
             if len(rec.get("images", [])) == len(lat)
         }
