@@ -59,7 +59,16 @@ from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .evaluate import to_uint8
 from .files import write_bytes, write_png
 from .fit import load_context
-from .model import SCALE_MIN, SHIPPED, HyperpriorCodec, gaussian_bits, load_model
+from .model import (
+    SCALE_MIN,
+    HyperpriorCodec,
+    add_model_options,
+    check_model_options,
+    gaussian_bits,
+    load_model,
+    shipped_quality,
+    shipped_weights,
+)
 
 # The version changes with the format and with the arithmetic of the stage parameters: a
 # stream decodes exactly only with the arithmetic that wrote it. 3: ŷ coder recorded, rANS,
@@ -71,7 +80,6 @@ MAGIC, VERSION = b"OOPT", 5
 CODERS = ("rans", "gaussian")
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _PREFIX = struct.Struct("<4sBI")
-WEIGHTS = SHIPPED.parent  # the shipped weights folder
 
 
 # --- stage schedules -------------------------------------------------------------------------
@@ -661,20 +669,21 @@ def decode(
 
 
 # --- command line ----------------------------------------------------------------------------
-def context_for(args, order: od.DecodingOrder | None, header: dict | None = None):
-    """The context model: --context, else the shipped model the stream or the order needs."""
+def context_for(args, order: od.DecodingOrder | None, header: dict | None = None, quality: int | None = None):
+    """The context model: --context, else the shipped model (of ``quality``) the stream or the
+    order needs."""
     if args.context:
         return load_context(args.context)
     kind = (header or {}).get("context", {}).get("kind") or ("autoregressive" if args.kind else "anyorder")
     if kind == "multistage":
         raise UserError("this stream was coded with a dedicated multistage model; pass it as --context")
     if kind == "autoregressive":
-        path = WEIGHTS / "autoregressive.pt"
+        path = shipped_weights("autoregressive", quality)
     else:
         patch = (header or {}).get("context", {}).get("patch") or (
             4 if order is not None and order.patch == 4 else 2
         )
-        path = WEIGHTS / f"proxy_k{patch}.pt"
+        path = shipped_weights(f"proxy_k{patch}", quality)
     if not path.is_file():
         raise UserError(f"no shipped context model {path.name}; pass --context CKPT")
     return load_context(path)
@@ -717,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
         e,
         sub.add_parser("decode", help="stream -> PNG", formatter_class=HelpFormatter),
     ):
-        q.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+        add_model_options(q, "" if q is e else "; decoding picks the shipped one of the stream's hash")
         q.add_argument("--context", help="context-model checkpoint (default: the shipped proxy or AR model)")
         add_device_option(
             q,
@@ -740,13 +749,23 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--substreams applies to --coder rans only")
     device = torch_device(args.device, deterministic=True)
     rans.prepare()  # load the compiled coder now, so that the times printed leave it out
-    base, meta = load_model(args.model)
+    check_model_options(args)
+    quality, header = args.quality, None
+    if args.command == "decode":
+        path = Path(args.stream)
+        if not path.is_file():
+            raise UserError(f"stream {path} does not exist")
+        stream = path.read_bytes()
+        header, _, _ = unpack(stream)
+        if not args.model and quality is None:
+            quality = shipped_quality(header["model"])
+    base, meta = load_model(args.model, quality)
     base.to(device)
     if args.command == "encode":
         if bool(args.order) == bool(args.kind):
             raise UserError("give exactly one of --order and --kind autoregressive")
         order = od.DecodingOrder.parse(args.order) if args.order else None
-        context, cmeta = context_for(args, order)
+        context, cmeta = context_for(args, order, quality=quality)
         context.to(device)
         image = data.load_image(args.image)
         enc = encode(
@@ -766,12 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{enc.seconds:.2f} s -> {args.out}"
         )
         return 0
-    path = Path(args.stream)
-    if not path.is_file():
-        raise UserError(f"stream {path} does not exist")
-    stream = path.read_bytes()
-    header, _, _ = unpack(stream)
-    context, cmeta = context_for(args, None, header)
+    context, cmeta = context_for(args, None, header, quality)
     context.to(device)
     dec = decode(stream, base, meta["hash"], context, cmeta)
     write_png(to_uint8(dec.image), args.out)

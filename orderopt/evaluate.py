@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import data
 from .errors import HelpFormatter, OneLineErrorParser, run_cli
 from .files import write_json, write_png
-from .model import HyperpriorCodec, gaussian_bits, load_model
+from .model import HyperpriorCodec, add_model_options, check_model_options, gaussian_bits, load_model
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--images", help="image folder (default: the embedded scikit-image photographs)")
-    p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    add_model_options(p)
     p.add_argument("--out", help="write the JSON here (default: print it)")
     p.add_argument("--recon", help="write reconstructions as PNG into this folder")
     return p
@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    model, meta = load_model(args.model)
+    check_model_options(args)
+    model, meta = load_model(args.model, args.quality)
     images = data.load_images(args.images)
     rows = evaluate(model, images, Path(args.recon) if args.recon else None)
     result = summary(rows, meta, args.images or "embedded photographs")

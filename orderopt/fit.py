@@ -6,6 +6,7 @@ size, batch, steps and seed, so that the only difference is the context model it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -180,9 +181,13 @@ def fit_context(
     desc: str = "fit",
     on_step: Callable[[int], None] | None = None,
     device: str | torch.device = "cpu",
+    time_limit: float = 0.0,
 ) -> ctxm.ContextModel:
     """Train ``model`` on random latent crops (Adam, lr ÷10 for the last 20% of steps), on
     ``device`` (the model is moved there; crops are drawn on the CPU and moved per step).
+
+    A ``time_limit`` in seconds (0: none) stops training early, checkpointed; the learning
+    rate then drops for the last 20% of that time if that comes before 80% of the steps.
 
     With ``checkpoint`` the state is saved every 100 steps and training resumes from it.
     ``on_step(step)`` is called after every optimizer step (1-based), e.g. to measure a
@@ -220,8 +225,10 @@ def fit_context(
 
     model.train()
     bar = tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not progress, leave=False)
-    while step < config.steps:
-        lr = config.lr if step < 0.8 * config.steps else config.lr * 0.1
+    t0, limit = time.time(), time_limit or float("inf")
+    while step < config.steps and time.time() - t0 < limit:
+        late = step >= 0.8 * config.steps or time.time() - t0 >= 0.8 * limit
+        lr = config.lr * 0.1 if late else config.lr
         for g in opt.param_groups:
             g["lr"] = lr
         y, h = (t.to(device, non_blocking=True) for t in crops.sample(config.batch))

@@ -185,13 +185,18 @@ def _load_npz(path: Path) -> LatentSet:
 def extract_latents(
     model: HyperpriorCodec, images: Sequence[NamedImage], model_hash: str, progress: bool = True
 ) -> LatentSet:
-    """Run g_a, h_a, h_s of ``model`` on every image (padded to a multiple of 64)."""
+    """Run g_a, h_a, h_s of ``model`` on every image (padded to a multiple of 64), on the
+    model's device (float32 convolutions there too); the latents are returned on the CPU."""
     model.eval()
+    device = next(model.parameters()).device
     entries = []
     for im in tqdm(images, desc="latents", unit="img", disable=not progress):
         x, _ = pad_to_multiple(im.image[None])
-        a = model.analyze(x)
-        entries.append(LatentEntry(im.name, a.y_hat[0], a.hyper[0], float(a.z_bits[0]), im.num_pixels))
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            a = model.analyze(x.to(device))
+        entries.append(
+            LatentEntry(im.name, a.y_hat[0].cpu(), a.hyper[0].cpu(), float(a.z_bits[0]), im.num_pixels)
+        )
     return LatentSet(tuple(entries), model_hash, images_fingerprint(list(images)))
 
 
@@ -236,8 +241,9 @@ def load_image_folders(folders: Sequence[str | Path] | None) -> list[NamedImage]
 def main(argv: list[str] | None = None) -> int:
     """``python -m orderopt.latents --images DIR [DIR ...] --out FILE``: extract latents once."""
 
+    from .devices import add_device_option, torch_device
     from .errors import OneLineErrorParser
-    from .model import load_model
+    from .model import add_model_options, check_model_options, load_model
 
     p = OneLineErrorParser(
         prog="python -m orderopt.latents",
@@ -245,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--images", nargs="*", help="image folder(s) (default: the embedded photographs)")
-    p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    add_model_options(p)
     p.add_argument("--out", required=True, help="latent file to write (.pt)")
+    add_device_option(p)
     args = p.parse_args(argv)
-    model, meta = load_model(args.model)
-    lat = extract_latents(model, load_image_folders(args.images), meta["hash"])
+    check_model_options(args)
+    model, meta = load_model(args.model, args.quality)
+    lat = extract_latents(model.to(torch_device(args.device)), load_image_folders(args.images), meta["hash"])
     lat.save(args.out)
     print(f"{len(lat)} images, ŷ {lat.latent_channels} channels -> {args.out}")
     return 0

@@ -29,7 +29,21 @@ FORMAT = "orderopt-base"
 VERSION = 1
 SCALE_MIN = 0.11
 LIKELIHOOD_MIN = 1e-9
-SHIPPED = Path(__file__).parent / "weights" / "base.pt"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+QUALITIES = {1: 0.0018, 2: 0.0067, 3: 0.0250}  # shipped quality -> λ (CompressAI's qualities 1, 3, 5)
+DEFAULT_QUALITY = 2
+
+
+def shipped_weights(name: str = "base", quality: int | None = None) -> Path:
+    """Path of a shipped weights file (``base``, ``proxy_k2``, ``proxy_k4``, ``autoregressive``)
+    of a quality (default: the middle one)."""
+    q = DEFAULT_QUALITY if quality is None else quality
+    if q not in QUALITIES:
+        raise UserError(f"--quality {q} is not shipped; choose one of {', '.join(map(str, QUALITIES))}")
+    return WEIGHTS_DIR / f"q{q}" / f"{name}.pt"
+
+
+SHIPPED = shipped_weights()
 
 
 class _LowerBound(torch.autograd.Function):
@@ -264,10 +278,10 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_model(path: str | Path | None = None) -> tuple[HyperpriorCodec, dict]:
-    """The base model of a checkpoint (the shipped one when ``path`` is None), in eval mode
-    and float32, with the checkpoint's metadata (everything but the weights)."""
-    ckpt = read_checkpoint(SHIPPED if path is None else path)
+def load_model(path: str | Path | None = None, quality: int | None = None) -> tuple[HyperpriorCodec, dict]:
+    """The base model of a checkpoint (the shipped one of ``quality`` when ``path`` is None), in
+    eval mode and float32, with the checkpoint's metadata (everything but the weights)."""
+    ckpt = read_checkpoint(shipped_weights("base", quality) if path is None else path)
     arch = ckpt["arch"]
     model = HyperpriorCodec(int(arch["N"]), int(arch["M"]))
     try:
@@ -277,6 +291,36 @@ def load_model(path: str | Path | None = None) -> tuple[HyperpriorCodec, dict]:
         raise UserError(f"checkpoint {path} does not fit its recorded architecture {arch}: {first}") from None
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
     return model.eval(), meta
+
+
+def add_model_options(parser, what: str = "") -> None:
+    """``--model`` and ``--quality``, shared by every command that runs the base codec."""
+    parser.add_argument(
+        "--model", help=f"base-model checkpoint{what} (default: the shipped model of --quality)"
+    )
+    parser.add_argument(
+        "--quality",
+        type=int,
+        choices=sorted(QUALITIES),
+        help="shipped model (and its context models) of this quality: "
+        + ", ".join(f"{q} (λ = {lm})" for q, lm in QUALITIES.items())
+        + f" (default: {DEFAULT_QUALITY}; not with --model)",
+    )
+
+
+def check_model_options(args) -> None:
+    """One-line error for ``--model`` together with ``--quality``."""
+    if getattr(args, "model", None) and getattr(args, "quality", None) is not None:
+        raise UserError("give --model or --quality, not both (--quality picks a shipped model)")
+
+
+def shipped_quality(model_hash: str) -> int | None:
+    """The shipped quality whose base model has this hash, if any (e.g. to decode a stream)."""
+    for q in QUALITIES:
+        path = shipped_weights("base", q)
+        if path.is_file() and read_checkpoint(path).get("hash") == model_hash:
+            return q
+    return None
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -40,6 +40,15 @@ COLUMNS = [
     "distinguishable_from_best",
 ]
 BASELINES = ("hyperprior", "checkerboard", "autoregressive")
+# frontier.csv: the best schedule within every stage budget, on the proxy's rates
+FRONTIER_COLUMNS = [
+    "stages",
+    "order",
+    "proxy_bits_per_latent",
+    "bpp",
+    "gain_vs_checkerboard_pct",
+    "gain_vs_autoregressive_pct",
+]
 LEVEL = 0.95
 
 
@@ -183,3 +192,32 @@ def class_comparison(
         }
     )
     return df.sort_values("gain_vs_best_class_pct", kind="stable").reset_index(drop=True)
+
+
+def frontier_rows(
+    schedules: list[tuple[int, object, float]],
+    num_elements: int,
+    num_pixels: int,
+    z_bits: float,
+    checkerboard_bits: float | None,
+    autoregressive_bits: float | None,
+) -> pd.DataFrame:
+    """frontier.csv: one row per stage budget T (``stages``), the best schedule with at most T
+    stages, its rate and its gains (ŷ bits, percent, negative is better) against the
+    baselines rated by the same proxy (NaN where the run has no such baseline)."""
+
+    def gain(bits: float, base: float | None) -> float:
+        return float("nan") if base is None else float(gain_pct(np.float64(bits), np.float64(base)))
+
+    rows = [
+        {
+            "stages": t,
+            "order": str(order),
+            "proxy_bits_per_latent": bits / num_elements,
+            "bpp": (bits + z_bits) / num_pixels,
+            "gain_vs_checkerboard_pct": gain(bits, checkerboard_bits),
+            "gain_vs_autoregressive_pct": gain(bits, autoregressive_bits),
+        }
+        for t, order, bits in schedules
+    ]
+    return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)

@@ -13,6 +13,11 @@ Writes a run directory with
   the proxy's rates (which include autoregressive when the proxy was trained with the raster
   context), or dedicated rates when every row has one. Gains are (R − R_base)/R_base in
   percent (negative is better), with 95% paired-bootstrap intervals over the images.
+- ``frontier.csv`` (k ≤ 4, when the whole cost table is known): for every stage budget
+  T = 1 … k², the best schedule with at most T stages; columns ``stages, order,
+  proxy_bits_per_latent, bpp, gain_vs_checkerboard_pct, gain_vs_autoregressive_pct`` (proxy
+  rates; :func:`orderopt.strategies.frontier`). ``--stages T`` also adds the best schedule
+  within T stages to the candidates (source ``frontier``) and prints it.
 - ``costs.npz``: the cost table c(S, q) (see :class:`orderopt.costs.CostTable`).
 - ``manifest.json``: arguments, model hash, images, seeds, package versions, device,
   timings; with ``--verify``: ``rank_correlation`` (Spearman and Kendall of proxy against
@@ -55,11 +60,10 @@ from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cl
 from .files import atomic_write, check_writable, write_json
 from .fit import FitConfig, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
-from .model import SHIPPED, load_model
-from .results import Bootstrap, LatentTotals, choose_basis, dedicated_image_bits
+from .model import DEFAULT_QUALITY, add_model_options, check_model_options, load_model, shipped_weights
+from .results import Bootstrap, LatentTotals, choose_basis, dedicated_image_bits, frontier_rows
 from .results import build_rows as results_table
 
-WEIGHTS = SHIPPED.parent  # the shipped weights folder
 STRATEGIES = ("auto", "exhaustive", "dp", "greedy", "optuna")
 MAX_PATCH = {"exhaustive": 3, "dp": 4, "greedy": 6, "optuna": 8}
 
@@ -73,12 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--patch", type=number(at_least=1), default=2, help="patch size k (k² stages)")
     p.add_argument(
+        "--stages",
+        type=number(at_least=1),
+        help="also find the best schedule with at most this many stages (several positions per "
+        "stage; exact, k ≤ 4, needs the whole cost table)",
+    )
+    p.add_argument(
         "--strategy",
         choices=STRATEGIES,
         default="auto",
         help="auto: exhaustive for k ≤ 2, dp for k ≤ 4, greedy beyond",
     )
-    p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    add_model_options(p)
     p.add_argument("--images", help="held-out image folder (default: the embedded photographs)")
     p.add_argument("--latents", help="held-out latent file (.pt or .npz) instead of --model/--images")
     p.add_argument("--proxy", help="any-order proxy checkpoint for --patch (default: the shipped one)")
@@ -161,11 +171,11 @@ def held_out_latents(args) -> tuple[LatentSet, dict]:
     if args.latents:
         lat = load_latents(args.latents)
         return lat, {"latents": str(args.latents), "model_hash": lat.model_hash}
-    model, meta = load_model(args.model)
+    model, meta = load_model(args.model, args.quality)
     images = data.load_images(args.images)
     lat, path = cached_latents(model, meta["hash"], images, args.cache_dir)
     return lat, {
-        "model": str(args.model or "shipped"),
+        "model": str(args.model or f"shipped q{args.quality or DEFAULT_QUALITY}"),
         "model_hash": meta["hash"],
         "images": args.images or data.EMBEDDED_NAME,
         "image_names": lat.names,
@@ -177,7 +187,7 @@ def find_proxy(args, lat: LatentSet):
     if args.proxy:
         proxy, meta = load_context(args.proxy)
     else:
-        path = WEIGHTS / f"proxy_k{args.patch}.pt"
+        path = shipped_weights(f"proxy_k{args.patch}", args.quality)
         if not path.is_file():
             raise UserError(
                 f"no shipped proxy for patch {args.patch}; train one with `python -m orderopt.train context "
@@ -289,7 +299,7 @@ def training_latents(args) -> tuple[LatentSet, Path]:
         raise UserError(
             "--verify and --objective dedicated need --train-images DIR (or --train-latents FILE)"
         )
-    model, meta = load_model(args.model)
+    model, meta = load_model(args.model, args.quality)
     return cached_latents(model, meta["hash"], data.load_images(args.train_images), args.cache_dir)
 
 
@@ -305,7 +315,7 @@ def verify_proxy_path(args) -> str | None:
     """The proxy dedicated models start from (``--verify-init proxy``), else None."""
     if args.verify_init != "proxy":
         return None
-    return str(args.proxy or WEIGHTS / f"proxy_k{args.patch}.pt")
+    return str(args.proxy or shipped_weights(f"proxy_k{args.patch}", args.quality))
 
 
 def dedicated_objective(args, lat: LatentSet):
@@ -410,6 +420,8 @@ def settings_key(args) -> str:
         "bootstrap",
         "train_images",
         "train_latents",
+        "quality",
+        "stages",
     )
     blob = json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -450,6 +462,7 @@ def print_table(df: pd.DataFrame, limit: int = 12) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_model_options(args)
     strategy = (
         args.strategy
         if args.strategy != "auto"
@@ -458,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.patch > MAX_PATCH[strategy]:
         raise UserError(
             f"patch {args.patch} is too large for --strategy {strategy} (at most {MAX_PATCH[strategy]})"
+        )
+    if args.stages and args.patch > 4:
+        raise UserError(
+            f"--stages needs the whole cost table, 2^{args.patch**2} rows for patch {args.patch}; use k ≤ 4"
         )
     if (args.storage or args.study) and strategy != "optuna":
         raise UserError("--storage and --study are for --strategy optuna")
@@ -500,6 +517,14 @@ def main(argv: list[str] | None = None) -> int:
     table = table or CostTable.from_oracle(oracle, meta=meta)
     table.autosave(costs_path)  # greedy and Optuna fill it lazily: an interrupted run resumes
     found, info = run_strategy(args, table, costs_path, lat)
+    schedules = None
+    if args.patch <= 4 and (args.stages or table.complete):
+        fill_resumably(table, costs_path)
+        t1 = time.time()
+        schedules = strategies.frontier(table)
+        info["frontier_s"] = round(time.time() - t1, 3)
+        if args.stages:
+            found.setdefault(schedules[min(args.stages, args.patch**2) - 1][1], "frontier")
     if args.random:
         rng = np.random.default_rng(args.seed)
         for _ in range(args.random):
@@ -527,12 +552,14 @@ def main(argv: list[str] | None = None) -> int:
     table.save(costs_path)
     held_out_path = str(args.latents or inputs["latent_cache"])
     dedicated = verify(args, found, table, lat, held_out_path, out, device) if args.verify else {}
-    ded_ar = shipped_autoregressive(lat)
+    ded_ar = shipped_autoregressive(lat, args.quality)
     if ded_ar is not None and "autoregressive" not in dedicated:
         dedicated["autoregressive"] = ded_ar
     boot = Bootstrap(resamples=args.bootstrap, seed=args.seed)
     df = build_rows(args.patch, table, found, lat, dedicated, boot)
     write_csv(df, out / "candidates.csv")
+    if schedules is not None:
+        write_csv(frontier_table(args.patch, table, schedules), out / "frontier.csv")
     table.save(costs_path)
     correlations = rank_correlations(df)
     manifest = {
@@ -580,8 +607,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(manifest, manifest_path)
     print_table(df)
+    if args.stages and schedules is not None:
+        t, order, bits = schedules[min(args.stages, args.patch**2) - 1]
+        print(
+            f"\nbest schedule within {args.stages} stages: {order} ({order.num_stages} stages, "
+            f"{bits / table.num_elements:.4f} bits per latent, {table.bpp(order):.4f} bpp)"
+        )
     print(f"\n{len(df)} rows -> {out / 'candidates.csv'} ({manifest['timings_s']['total_s']:.1f} s)")
     return 0
+
+
+def frontier_table(k: int, table: CostTable, schedules) -> pd.DataFrame:
+    """frontier.csv's rows, with the gains against checkerboard (even k) and autoregressive
+    (when the proxy rates it) on the same proxy."""
+    board = baseline_orders(k)["checkerboard"]
+    raster = table.raster_image_bits
+    return frontier_rows(
+        schedules,
+        table.num_elements,
+        table.num_pixels,
+        table.z_bits,
+        None if board is None else table.rate(board),
+        None if raster is None else float(raster.sum()),
+    )
 
 
 def check_storage(url: str) -> None:
@@ -592,9 +640,9 @@ def check_storage(url: str) -> None:
         raise UserError(f"cannot open Optuna storage {url!r}: {str(err).splitlines()[0][:200]}") from None
 
 
-def shipped_autoregressive(lat: LatentSet) -> dict | None:
+def shipped_autoregressive(lat: LatentSet, quality: int | None) -> dict | None:
     """Held-out rate of the shipped autoregressive model when it belongs to these latents."""
-    path = WEIGHTS / "autoregressive.pt"
+    path = shipped_weights("autoregressive", quality)
     if not path.is_file():
         return None
     model, meta = load_context(path)

@@ -4,6 +4,8 @@
 - :func:`dp`: the exact optimum over full orders, a shortest path through the lattice of
   subsets (dp[S ∪ {q}] = min dp[S] + c(S, q)); needs the whole table (2^{k²} rows).
 - :func:`dp_budget`: the best schedule with at most B stages (several positions per stage).
+- :func:`frontier`: the best schedule for every stage budget T = 1 … k² at once (compiled DP,
+  k ≤ 4): the rate–stages frontier.
 - :func:`greedy`: position by position, then pairwise stage swaps until none helps.
 - :func:`optuna_search`: Optuna over permutations (Lehmer code), with any objective and a
   shared storage so that several processes or machines work on one study.
@@ -15,6 +17,7 @@ import itertools
 import math
 from collections.abc import Callable
 
+import numba
 import numpy as np
 
 from .costs import CostTable
@@ -105,6 +108,64 @@ def dp_budget(table: CostTable, stages: int) -> tuple[DecodingOrder, float]:
     bits, groups = best[full]
     steps = [[q for q in range(n) if (g >> q) & 1] for g in groups]
     return DecodingOrder.from_sequence(steps, k), bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _frontier_kernel(costs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """best[t, S]: least bits to decode the set S in exactly t stages; choice[t, S]: the last
+    stage's group. One pass over the decoded sets A in increasing order (every predecessor of
+    a set is numerically smaller), each extended by every nonempty group G of undecoded
+    positions, at the cost Σ_{q∈G} c(A, q) built up over G's submasks (3^n pairs (A, G))."""
+    full = (1 << n) - 1
+    best = np.full((n + 1, full + 1), np.inf)
+    choice = np.zeros((n + 1, full + 1), np.int32)
+    best[0, 0] = 0.0
+    group = np.zeros(full + 1)
+    for a in range(full):
+        rest = full & ~a
+        size = 0
+        for q in range(n):
+            size += (a >> q) & 1
+        top = min(n, size + 1)  # best[t - 1, a] is infinite for t - 1 > |a|
+        g = (0 - rest) & rest
+        while g != 0:
+            low = g & -g
+            q = 0
+            while (low >> q) != 1:
+                q += 1
+            group[g] = group[g & (g - 1)] + costs[a, q]
+            to = a | g
+            for t in range(1, top + 1):
+                v = best[t - 1, a] + group[g]
+                if v < best[t, to]:
+                    best[t, to] = v
+                    choice[t, to] = g
+            g = (g - rest) & rest
+    return best, choice
+
+
+def frontier(table: CostTable) -> list[tuple[int, DecodingOrder, float]]:
+    """The rate–stages frontier: for every budget T = 1 … k², the best schedule with at most
+    T stages (positions of a stage decoded in parallel, each seeing only earlier stages) and
+    its rate in bits. Exact over the full cost table (k ≤ 4); rates never increase with T, T = 1
+    is hyperprior-only, and T = k² is the optimum of :func:`dp` or better (better only where
+    some position costs more with more context, when grouping it pays)."""
+    k = table.patch
+    if k > 4:
+        raise ValueError(f"the frontier needs the full cost table, 2^{k * k} rows for {k}×{k}; use k ≤ 4")
+    table.fill()
+    n, full = k * k, (1 << (k * k)) - 1
+    best, choice = _frontier_kernel(np.ascontiguousarray(table.table, dtype=np.float64), n)
+    out = []
+    for budget in range(1, n + 1):
+        t = int(np.argmin(best[1 : budget + 1, full])) + 1  # the fewest stages among equal rates
+        groups, s = [], full
+        for level in range(t, 0, -1):
+            g = int(choice[level, s])
+            groups.append([q for q in range(n) if (g >> q) & 1])
+            s &= ~g
+        out.append((budget, DecodingOrder.from_sequence(groups[::-1], k), float(best[t, full])))
+    return out
 
 
 def greedy(table: CostTable, refine: bool = True) -> tuple[DecodingOrder, float]:

@@ -23,7 +23,15 @@ from . import data
 from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .files import check_writable, load_versioned, save_torch
-from .model import HyperpriorCodec, load_model, make_checkpoint, rd_loss, read_checkpoint
+from .model import (
+    HyperpriorCodec,
+    add_model_options,
+    check_model_options,
+    load_model,
+    make_checkpoint,
+    rd_loss,
+    read_checkpoint,
+)
 
 
 @torch.no_grad()
@@ -46,13 +54,45 @@ def validate(model: HyperpriorCodec, images: list[torch.Tensor]) -> dict[str, fl
     return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
 
 
-def _lr_at(step: int, total: int, lr: float) -> float:
-    """Constant, then ÷10 for the last 15% of the steps."""
-    return lr if step < 0.85 * total else lr * 0.1
+def _lr_at(step: int, total: int, lr: float, time_fraction: float = 0.0) -> float:
+    """Constant, then ÷10 for the last 15% of the steps or of the time limit."""
+    return lr if step < 0.85 * total and time_fraction < 0.85 else lr * 0.1
+
+
+class _Prefetch:
+    """Draws the next batch of crops in a thread while the model trains on this one.
+
+    ``state()`` is the sampler's state before the pending batch, so a resumed run draws the
+    same crops as an uninterrupted one.
+    """
+
+    def __init__(self, sampler: data.CropSampler, batch: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.sampler, self.batch = sampler, batch
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self._submit()
+
+    def _submit(self) -> None:
+        self.pending_state = self.sampler.state()
+        self.pending = self.pool.submit(self.sampler.sample, self.batch)
+
+    def next(self) -> torch.Tensor:
+        x = self.pending.result()
+        self._submit()
+        return x
+
+    def state(self) -> dict:
+        return self.pending_state
+
+    def close(self) -> None:
+        self.pending.result()
+        self.pool.shutdown()
 
 
 def train_base(args: argparse.Namespace) -> int:
     device = torch_device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: tuned kernels pay off
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,6 +132,8 @@ def train_base(args: argparse.Namespace) -> int:
         step, history = int(init["training"].get("steps", 0)), list(init["training"].get("validation", []))
         print(f"starting from the weights of {args.init} (step {step}, fresh optimizer state)")
 
+    prefetch = _Prefetch(sampler, args.batch)
+
     def save() -> None:
         training = {
             "images": [str(d) for d in args.images],
@@ -108,7 +150,7 @@ def train_base(args: argparse.Namespace) -> int:
         ckpt["train_state"] = {
             "step": step,
             "optimizer": opt.state_dict(),
-            "sampler": sampler.state(),
+            "sampler": prefetch.state(),
             "torch_rng": torch.get_rng_state(),
         }
         save_torch(ckpt, out)
@@ -116,10 +158,11 @@ def train_base(args: argparse.Namespace) -> int:
     model.train()
     bar = tqdm(total=args.steps, initial=step, desc="train base", unit="step", dynamic_ncols=True)
     t0, running = time.time(), []
-    while step < args.steps:
+    time_limit = args.time_limit or float("inf")
+    while step < args.steps and time.time() - t0 < time_limit:
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, args.steps, args.lr)
-        x = sampler.sample(args.batch).to(device, memory_format=torch.channels_last, non_blocking=True)
+            g["lr"] = _lr_at(step, args.steps, args.lr, (time.time() - t0) / time_limit)
+        x = prefetch.next().to(device, memory_format=torch.channels_last, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bfloat16"):
             result = model(x)
         losses = rd_loss(result, x, args.lmbda)
@@ -138,14 +181,18 @@ def train_base(args: argparse.Namespace) -> int:
         if step % 50 == 0:
             loss, bpp, mse = np.mean(running[-50:], axis=0)
             bar.set_postfix(loss=f"{loss:.3f}", bpp=f"{bpp:.3f}", psnr=f"{10 * np.log10(1 / mse):.2f}")
-        if val_images and (step % args.val_every == 0 or step == args.steps):
+        last = step == args.steps or time.time() - t0 >= time_limit
+        if val_images and (step % args.val_every == 0 or last):
             v = validate(model, val_images)
             history.append({"step": step, **v, "elapsed_s": round(time.time() - t0, 1)})
             bar.write(json.dumps(history[-1]))
-        if step % args.ckpt_every == 0 or step == args.steps:
+        if step % args.ckpt_every == 0 or last:
             save()
     bar.close()
+    prefetch.close()
     save()
+    if step < args.steps:
+        print(f"stopped at step {step} after the --time-limit of {args.time_limit:g} s; run again to go on")
     return 0
 
 
@@ -168,7 +215,12 @@ def export(args: argparse.Namespace) -> int:
 
 
 def latent_set(
-    images: list[str] | None, latents: str | None, model_path: str | None, cache_dir: str | None, what: str
+    images: list[str] | None,
+    latents: str | None,
+    model_path: str | None,
+    cache_dir: str | None,
+    what: str,
+    quality: int | None = None,
 ):
     """Latents from a latent file, or extracted (and cached) from images with the base model."""
     from .latents import cached_latents, load_image_folders, load_latents
@@ -177,7 +229,7 @@ def latent_set(
         return load_latents(latents)
     if what == "training" and not images:
         raise UserError("give --train-images DIR (or --train-latents FILE) to train a context model on")
-    model, meta = load_model(model_path)
+    model, meta = load_model(model_path, quality)
     return cached_latents(model, meta["hash"], load_image_folders(images), cache_dir)[0]
 
 
@@ -208,8 +260,13 @@ def train_context(args: argparse.Namespace) -> int:
         raise UserError(
             f"--crop {args.crop} is smaller than the {patch}×{patch} patch; use --crop {patch} or more"
         )
-    train = latent_set(args.train_images, args.train_latents, args.model, args.cache_dir, "training")
-    held = latent_set(args.eval_images, args.eval_latents, args.model, args.cache_dir, "evaluation")
+    check_model_options(args)
+    train = latent_set(
+        args.train_images, args.train_latents, args.model, args.cache_dir, "training", args.quality
+    )
+    held = latent_set(
+        args.eval_images, args.eval_latents, args.model, args.cache_dir, "evaluation", args.quality
+    )
     m, c = train.latent_channels, train.hyper_channels
     if (held.latent_channels, held.hyper_channels) != (m, c):
         raise UserError("training and evaluation latents come from different codecs (channel counts differ)")
@@ -234,7 +291,31 @@ def train_context(args: argparse.Namespace) -> int:
         raster_fraction=args.raster_fraction if args.proxy else 0.0,
     )
     out = Path(args.out)
-    fit_context(model, train, config, checkpoint=out, meta=meta, desc=f"train {meta['kind']}", device=device)
+    curve: list[dict] = []
+
+    def held_out_point(step: int) -> None:
+        if args.eval_every and step % args.eval_every == 0:
+            curve.append(
+                {
+                    "step": step,
+                    **_held_out_bits(
+                        model, held, args.patch if args.proxy else 0, device, config.raster_fraction > 0
+                    ),
+                }
+            )
+            tqdm.write(json.dumps(curve[-1]))
+
+    fit_context(
+        model,
+        train,
+        config,
+        checkpoint=out,
+        meta=meta,
+        desc=f"train {meta['kind']}",
+        device=device,
+        on_step=held_out_point,
+        time_limit=args.time_limit,
+    )
     if args.proxy:
         table = CostTable.from_oracle(ProxyOracle(model, held, device=device))
         refs = {"raster": orders.raster(args.patch), **orders.published_orders(args.patch)}
@@ -253,10 +334,31 @@ def train_context(args: argparse.Namespace) -> int:
     else:
         result = measure(model, held)
     report = {**meta, "config": vars(config), "held_out": result}
+    if curve:  # only on request, so that the default report keeps its schema
+        report["held_out_curve"] = curve
     write_json(report, out.with_suffix(".json"))
     summary = result if args.proxy else {k: result[k] for k in ("bits_per_latent", "bpp_y", "bpp")}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _held_out_bits(model, held, patch: int, device, autoregressive: bool = False) -> dict[str, float]:
+    """A point of the held-out learning curve: bits per latent element of the model, or for a
+    proxy (``patch`` > 0) those of the patch's raster order and, if it was trained with it
+    (``autoregressive``), of its autoregressive mask."""
+    from . import orders
+    from .costs import CostTable, ProxyOracle
+    from .fit import measure
+
+    if not patch:
+        return {"bits_per_latent": measure(model, held)["bits_per_latent"]}
+    table = CostTable.from_oracle(ProxyOracle(model, held, device=device))
+    point = {"raster_order_bits_per_latent": table.bits_per_latent(orders.raster(patch))}
+    if autoregressive:
+        table.fill_raster()
+        point["autoregressive_bits_per_latent"] = float(table.raster_image_bits.sum()) / table.num_elements
+    model.train()
+    return point
 
 
 def _is_context_file(path: str) -> bool:
@@ -319,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="random seed")
     b.add_argument("--val-every", type=number(at_least=1), default=1000, help="validation interval in steps")
     b.add_argument("--ckpt-every", type=number(at_least=1), default=200, help="checkpoint interval in steps")
+    b.add_argument(
+        "--time-limit",
+        type=number(float, at_least=0),
+        default=0,
+        help="stop (checkpointed, resumable) after this many seconds; the learning rate drops ÷10 for "
+        "the last 15%% of the steps or of this time, whichever comes first (0: no limit)",
+    )
     add_threads_option(b)
     b.add_argument(
         "--precision",
@@ -355,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-images", nargs="+", help="held-out image folder(s) (default: the embedded photographs)"
     )
     c.add_argument("--eval-latents", help="held-out latent file instead of --eval-images")
-    c.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    add_model_options(c)
     c.add_argument("--cache-dir", help="latent cache folder (default: $ORDEROPT_CACHE or ~/.cache/orderopt)")
     c.add_argument("--steps", type=number(at_least=1), default=3000, help="optimisation steps")
     c.add_argument("--batch", type=number(at_least=1), default=16, help="latent crops per step")
@@ -369,6 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam learning rate (÷10 for the last 20%% of steps)",
     )
     c.add_argument("--seed", type=int, default=0, help="random seed")
+    c.add_argument(
+        "--eval-every",
+        type=number(at_least=0),
+        default=0,
+        help="measure the held-out rate every this many steps, saved as held_out_curve in the .json "
+        "(0: only at the end)",
+    )
+    c.add_argument(
+        "--time-limit",
+        type=number(float, at_least=0),
+        default=0,
+        help="stop (checkpointed, resumable) after this many seconds (0: no limit)",
+    )
     add_threads_option(c)
     add_device_option(c)
     c.add_argument(

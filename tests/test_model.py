@@ -80,9 +80,22 @@ def test_checkpoint_round_trip_and_fp16(tmp_path, tiny_model):
     assert torch.allclose(model.analyze(x).hyper, tiny_model.half().float().analyze(x).hyper, atol=1e-5)
 
 
-def test_shipped_model_loads():
-    model, meta = load_model()
-    assert meta["arch"]["M"] == model.M and len(meta["hash"]) == 16
+def test_shipped_models_load_one_per_quality():
+    from orderopt.model import QUALITIES, shipped_quality
+
+    hashes, lmbdas = [], []
+    for q, lmbda in QUALITIES.items():
+        model, meta = load_model(quality=q)
+        assert meta["arch"]["M"] == model.M and len(meta["hash"]) == 16
+        assert meta["lmbda"] == lmbda
+        assert shipped_quality(meta["hash"]) == q
+        hashes.append(meta["hash"])
+        lmbdas.append(meta["lmbda"])
+    assert len(set(hashes)) == len(QUALITIES) and lmbdas == sorted(lmbdas)
+    assert load_model()[1]["hash"] == load_model(quality=2)[1]["hash"]  # the default is the middle one
+    assert shipped_quality("0" * 16) is None
+    with pytest.raises(UserError, match="not shipped"):
+        load_model(quality=7)
 
 
 def test_bad_checkpoints(tmp_path, tiny_model):
@@ -114,14 +127,13 @@ def test_bad_checkpoints(tmp_path, tiny_model):
 
 
 def test_shipped_context_models_belong_to_the_shipped_model():
-    """After retraining the base model, its proxies and AR model must be retrained too."""
+    """After retraining a base model, its proxies and AR model must be retrained too."""
     from orderopt.fit import load_context
-    from orderopt.model import SHIPPED
+    from orderopt.model import QUALITIES, shipped_weights
 
-    _, meta = load_model()
-    for path in sorted(SHIPPED.parent.glob("*.pt")):
-        if path.name == SHIPPED.name:
-            continue
-        model, cmeta = load_context(path)
-        assert cmeta["model_hash"] == meta["hash"], path.name
-        assert cmeta["latent_channels"] == meta["arch"]["M"]
+    for q in QUALITIES:
+        _, meta = load_model(quality=q)
+        for name in ("proxy_k2", "proxy_k4", "autoregressive"):
+            _, cmeta = load_context(shipped_weights(name, q))
+            assert cmeta["model_hash"] == meta["hash"], (q, name)
+            assert cmeta["latent_channels"] == meta["arch"]["M"]

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from orderopt import orders as o
 from orderopt import search, train
-from orderopt.results import COLUMNS
+from orderopt.results import COLUMNS, FRONTIER_COLUMNS
 
 
 @pytest.fixture
@@ -82,9 +83,33 @@ def test_patch2_exhaustive_run(setup, capsys):
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "complete" and m["latents"]["images"] == 3 and "torch" in m["versions"]
     assert (out / "costs.npz").is_file()
+    # the frontier: one row per stage budget, on the candidates' rates
+    fr = pd.read_csv(out / "frontier.csv")
+    assert list(fr.columns) == FRONTIER_COLUMNS and fr["stages"].tolist() == [1, 2, 3, 4]
+    assert fr["proxy_bits_per_latent"].is_monotonic_decreasing
+    rate = dict(zip(df["order"], df["proxy_bits_per_latent"], strict=True))
+    assert fr.iloc[0]["proxy_bits_per_latent"] == pytest.approx(rate["hyperprior"])
+    assert fr.iloc[1]["proxy_bits_per_latent"] <= rate["checkerboard"] + 1e-9
+    assert fr.iloc[3]["proxy_bits_per_latent"] <= orders["proxy_bits_per_latent"].min() + 1e-9
+    assert fr.iloc[1]["gain_vs_checkerboard_pct"] <= 1e-9
     capsys.readouterr()
     assert search.main(["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(out)]) == 0
     assert "reusing the finished run" in capsys.readouterr().out
+
+
+def test_stages_budget_on_3x3(setup, capsys):
+    tmp, common, proxies = setup
+    out = tmp / "stages"
+    args = ["--patch", "3", "--strategy", "greedy", "--stages", "3", *common, "--proxy", str(proxies[3])]
+    assert search.main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    fr = pd.read_csv(out / "frontier.csv")
+    assert fr["stages"].tolist() == list(range(1, 10))
+    best3 = fr.iloc[2]
+    assert f"best schedule within 3 stages: {best3['order']}" in printed
+    assert o.DecodingOrder.parse(best3["order"]).num_stages <= 3
+    df = pd.read_csv(out / "candidates.csv")
+    assert df[df["source"].str.contains("frontier")]["order"].tolist() == [best3["order"]]
 
 
 @pytest.mark.parametrize("strategy", ["dp", "greedy", "optuna"])
@@ -230,6 +255,9 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     "args,message",
     [
         (["--patch", "0"], "at least 1"),
+        (["--patch", "5", "--stages", "3"], "needs the whole cost table"),
+        (["--model", "m.pt", "--quality", "1"], "not both"),
+        (["--quality", "4"], "invalid choice"),
         (["--patch", "5", "--strategy", "dp"], "too large for --strategy dp"),
         (["--patch", "4", "--strategy", "exhaustive"], "too large"),
         (["--strategy", "zigzag"], "invalid choice"),

@@ -115,3 +115,49 @@ def test_three_optuna_workers_started_together_finish_all_trials(tmp_path, kind)
     trials = study.get_trials()
     assert len(trials) == 45 and len({t.number for t in trials}) == 45
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def brute_force_frontier(table):
+    """Best rate with at most T stages, by enumerating every schedule (ordered set partitions)."""
+    k = table.patch
+    n = k * k
+    best = {}
+
+    def walk(decoded, used, bits):
+        if decoded == (1 << n) - 1:
+            best[used] = min(best.get(used, np.inf), bits)
+            return
+        rest = ((1 << n) - 1) & ~decoded
+        g = rest
+        while g:
+            cost = sum(table.table[decoded, q] for q in range(n) if (g >> q) & 1)
+            walk(decoded | g, used + 1, bits + cost)
+            g = (g - 1) & rest
+
+    walk(0, 0, 0.0)
+    return [min(v for t, v in best.items() if t <= budget) for budget in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("k,seed", [(2, 0), (2, 1), (3, 2)])
+def test_frontier_is_exact_and_consistent(k, seed):
+    table = synthetic_table(k, seed=seed)
+    rows = st.frontier(table)
+    n = k * k
+    assert [t for t, _, _ in rows] == list(range(1, n + 1))
+    for t, order, bits in rows:
+        assert order.num_stages <= t and table.rate(order) == pytest.approx(bits)
+    rates = [bits for _, _, bits in rows]
+    assert all(b <= a + 1e-9 for a, b in zip(rates, rates[1:], strict=False))  # never worse with more stages
+    assert rates[0] == pytest.approx(table.rate(o.DecodingOrder(np.zeros((k, k), int))))  # hyperprior
+    assert rates[-1] == pytest.approx(st.dp(table)[1])
+    if k == 2:
+        assert rates[1] <= table.rate(o.checkerboard()) + 1e-9
+        assert rates == pytest.approx(brute_force_frontier(table))
+    else:
+        for budget in (2, 3, 5):
+            assert rates[budget - 1] == pytest.approx(st.dp_budget(table, budget)[1])
+
+
+def test_frontier_refuses_5x5():
+    with pytest.raises(ValueError, match="k ≤ 4"):
+        st.frontier(CostTable(5, 1, 1, 0.0))
