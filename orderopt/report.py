@@ -8,7 +8,8 @@ the first run directory (or ``--out``): ``report.md`` and the PNG figures it emb
 - ``orders.png``: best, worst and the paper's order as k×k grids of stage numbers;
 - ``stages.png``: bits spent at each stage by the best order and by raster;
 - ``proxy_vs_dedicated.png``: proxy against dedicated rates with rank correlations;
-- ``tradeoff.png``: rate against serial decoding stages (the rate/latency trade-off);
+- ``tradeoff.png``: rate against serial decoding stages (the rate/latency trade-off), with
+  the exact frontier (the best schedule within every stage budget) where the run has one;
 - ``random.png`` (k ≥ 3): the distribution of the rates of random orders;
 - ``decode_time.png`` (with ``--decode-time``): rate against measured ŷ decoding time, one
   panel per benchmark file (CPU and GPU, say).
@@ -35,7 +36,7 @@ from .costs import CostTable
 from .data import EMBEDDED_NAME
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write
-from .results import BASELINES, COLUMNS, Bootstrap, class_comparison
+from .results import BASELINES, COLUMNS, FRONTIER_COLUMNS, Bootstrap, class_comparison
 
 
 class Run:
@@ -78,6 +79,15 @@ class Run:
         )
         costs = self.path / "costs.npz"
         self.table = CostTable.load(costs) if costs.is_file() else None
+        frontier = self.path / "frontier.csv"
+        self.frontier = None
+        if frontier.is_file():
+            try:
+                self.frontier = pd.read_csv(frontier)
+            except (pd.errors.ParserError, UnicodeDecodeError) as err:
+                raise UserError(f"{frontier} is damaged ({err}); run its search again") from None
+            if list(self.frontier.columns) != FRONTIER_COLUMNS:
+                raise UserError(f"{frontier} has unexpected columns; run its search again")
 
     @property
     def orders(self) -> pd.DataFrame:
@@ -287,6 +297,11 @@ def fig_tradeoff(runs: list[Run], path: Path) -> None:
             h, w = latent_size(run)
             pts += [(ar, ar["stages"], "autoregressive (H·W stages)"), (ar, w + 3 * h, "AR wavefront (W+3H)")]
         pts = [p for p in pts if np.isfinite(p[0][col])]
+        fr = run.frontier
+        if fr is not None and np.isfinite(fr[col]).all():
+            ax.step(
+                fr["stages"], fr[col], where="post", color="0.4", lw=1.2, label="exact frontier (proxy rates)"
+            )
         for i, (r, x, name) in enumerate(pts):
             frame = pd.DataFrame([r])
             ax.errorbar(
@@ -480,6 +495,26 @@ def class_rows(run: Run) -> list[str]:
     return out
 
 
+def frontier_rows(run: Run) -> list[str]:
+    """The frontier as a Markdown table: the best schedule within every stage budget."""
+    fr = run.frontier
+    if fr is None:
+        return []
+    lines = [
+        f"Best schedule within T stages (exact, {run.patch}×{run.patch}, proxy rates; `frontier.csv`):",
+        "",
+        "| T | schedule | bpp | vs checkerboard | vs autoregressive |",
+        "|---|---|---|---|---|",
+    ]
+    for _, r in fr.iterrows():
+        lines.append(
+            f"| {r['stages']} | `{r['order']}` | {r['bpp']:.4f} "
+            f"| {fmt(r['gain_vs_checkerboard_pct'], unit='%')} "
+            f"| {fmt(r['gain_vs_autoregressive_pct'], unit='%')} |"
+        )
+    return [*lines, ""]
+
+
 def summary_rows(run: Run) -> list[str]:
     d = run.orders  # in rank order, on the run's basis
     best, basis_name = d.iloc[0], run.df["basis"].iloc[0]
@@ -614,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for run in runs:
         lines += summary_rows(run)
+        lines += frontier_rows(run)
     for title, fname in figures:
         lines += [f"## {title}", "", f"![{title}]({fname})", ""]
     atomic_write(out / "report.md", lambda tmp: tmp.write_text("\n".join(lines)))

@@ -64,8 +64,7 @@ from .model import DEFAULT_QUALITY, add_model_options, check_model_options, load
 from .results import Bootstrap, LatentTotals, choose_basis, dedicated_image_bits, frontier_rows
 from .results import build_rows as results_table
 
-STRATEGIES = ("auto", "exhaustive", "dp", "greedy", "optuna")
-MAX_PATCH = {"exhaustive": 3, "dp": 4, "greedy": 6, "optuna": 8}
+STRATEGIES = ("auto", *strategies.REGISTRY)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,50 +244,28 @@ def run_strategy(
     args, table: CostTable, costs_path: Path, lat: LatentSet
 ) -> tuple[dict[od.DecodingOrder, str], dict]:
     """Candidate orders with their source, and timing/extra info of the strategy."""
-    k, strategy = args.patch, args.strategy
-    if strategy == "auto":
-        strategy = "exhaustive" if k <= 2 else "dp" if k <= 4 else "greedy"
-    if k > MAX_PATCH[strategy]:
-        raise UserError(f"patch {k} is too large for --strategy {strategy} (at most {MAX_PATCH[strategy]})")
-    info: dict = {"strategy": strategy}
+    name = args.strategy if args.strategy != "auto" else strategies.auto_strategy(args.patch)
+    strategy = strategies.REGISTRY[name]
     t0 = time.time()
-    found: dict[od.DecodingOrder, str] = {}
-    if strategy in ("exhaustive", "dp"):
-        fill_resumably(table, costs_path)
-        info["table_s"] = round(time.time() - t0, 2)
-    if strategy == "exhaustive":
-        for order, _ in strategies.exhaustive(table):
-            found.setdefault(order, "exhaustive")
-    elif strategy == "dp":
-        t1 = time.time()
-        best, _ = strategies.dp(table)
-        info["dp_s"] = round(time.time() - t1, 3)
-        found[best] = "dp"
-        t1 = time.time()
-        g, gbits = strategies.greedy(table)
-        info["greedy_s"] = round(time.time() - t1, 3)
-        found.setdefault(g, "greedy")
-        info["greedy_gap_pct"] = 100 * (gbits / table.rate(best) - 1)
-    elif strategy == "greedy":
-        best, _ = strategies.greedy(table)
-        found[best] = "greedy"
-    else:
-        objective = table.rate if args.objective == "proxy" else dedicated_objective(args, lat)
-        study = strategies.optuna_search(
-            objective,
-            k,
-            args.trials,
-            seed=args.seed,
-            storage=args.storage,
-            study_name=args.study,
-            progress=True,
-        )
-        for order, _ in strategies.study_orders(study)[: args.top]:
-            found.setdefault(order, "optuna")
-        info["trials_in_study"] = len(study.trials)
-    info["search_s"] = round(time.time() - t0, 2)
+    context = strategies.SearchContext(
+        table,
+        objective=dedicated_objective(args, lat)
+        if args.objective == "dedicated" and name == "optuna"
+        else table.rate,
+        fill_table=lambda: fill_resumably(table, costs_path),
+        options={
+            "trials": args.trials,
+            "seed": args.seed,
+            "storage": args.storage,
+            "study": args.study,
+            "top": args.top,
+            "progress": True,
+        },
+    )
+    result = strategy.search(context)
+    info = {"strategy": name, **result.info, "search_s": round(time.time() - t0, 2)}
     table.save(costs_path)
-    return found, info
+    return result.found, info
 
 
 def training_latents(args) -> tuple[LatentSet, Path]:
@@ -463,15 +440,10 @@ def print_table(df: pd.DataFrame, limit: int = 12) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_model_options(args)
-    strategy = (
-        args.strategy
-        if args.strategy != "auto"
-        else ("exhaustive" if args.patch <= 2 else "dp" if args.patch <= 4 else "greedy")
-    )
-    if args.patch > MAX_PATCH[strategy]:
-        raise UserError(
-            f"patch {args.patch} is too large for --strategy {strategy} (at most {MAX_PATCH[strategy]})"
-        )
+    strategy = args.strategy if args.strategy != "auto" else strategies.auto_strategy(args.patch)
+    largest = strategies.REGISTRY[strategy].max_patch
+    if args.patch > largest:
+        raise UserError(f"patch {args.patch} is too large for --strategy {strategy} (at most {largest})")
     if args.stages and args.patch > 4:
         raise UserError(
             f"--stages needs the whole cost table, 2^{args.patch**2} rows for patch {args.patch}; use k ≤ 4"

@@ -9,13 +9,20 @@
 - :func:`greedy`: position by position, then pairwise stage swaps until none helps.
 - :func:`optuna_search`: Optuna over permutations (Lehmer code), with any objective and a
   shared storage so that several processes or machines work on one study.
+
+The command line reaches them through :data:`REGISTRY`: one :class:`Strategy` subclass per
+strategy, with its name, its largest patch and whether it needs the whole cost table, and a
+``search(context)`` returning a :class:`SearchResult`. A new strategy is one registered class
+(``tests/test_strategies.py`` runs its contract on every registered strategy).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -313,3 +320,118 @@ def study_orders(study) -> list[tuple[DecodingOrder, float]]:
 def enumerate_rates(table: CostTable, orders) -> list[tuple[DecodingOrder, float]]:
     """Rates of the given orders, best first."""
     return sorted(((o, table.rate(o)) for o in orders), key=lambda x: x[1])
+
+
+# --- the strategy interface -------------------------------------------------------------------
+@dataclass
+class SearchContext:
+    """What a strategy may use: the cost table, a way to fill all of it (resumably, with
+    progress), the objective to minimise (the table's rate, or a dedicated model's) and the
+    command line's options (trials, seed, storage, study, top)."""
+
+    table: CostTable
+    objective: Callable[[DecodingOrder], float]
+    fill_table: Callable[[], None] | None = None
+    options: dict = field(default_factory=dict)
+
+    def fill(self) -> None:
+        (self.fill_table or self.table.fill)()
+
+
+@dataclass
+class SearchResult:
+    """Candidate orders with the strategy that found them, and what the manifest records
+    (keys ending in ``_s`` are timings)."""
+
+    found: dict[DecodingOrder, str]
+    info: dict
+
+
+class Strategy:
+    """A search strategy: ``search(context)`` returns candidate orders of ``context.table.patch``."""
+
+    name: str = ""
+    max_patch: int = 0
+    full_table: bool = False  # needs every row of the cost table (2^{k²})
+
+    def search(self, context: SearchContext) -> SearchResult:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, Strategy] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def auto_strategy(patch: int) -> str:
+    """The default: exhaustive for k ≤ 2, the exact DP for k ≤ 4, greedy beyond."""
+    return "exhaustive" if patch <= 2 else "dp" if patch <= 4 else "greedy"
+
+
+def _filled(context: SearchContext) -> dict:
+    t0 = time.time()
+    context.fill()
+    return {"table_s": round(time.time() - t0, 2)}
+
+
+@register
+class Exhaustive(Strategy):
+    name, max_patch, full_table = "exhaustive", 3, True
+
+    def search(self, context: SearchContext) -> SearchResult:
+        info = _filled(context)
+        found: dict[DecodingOrder, str] = {}
+        for order, _ in exhaustive(context.table):
+            found.setdefault(order, self.name)
+        return SearchResult(found, info)
+
+
+@register
+class ExactDP(Strategy):
+    name, max_patch, full_table = "dp", 4, True
+
+    def search(self, context: SearchContext) -> SearchResult:
+        info = _filled(context)
+        t1 = time.time()
+        best, _ = dp(context.table)
+        info["dp_s"] = round(time.time() - t1, 3)
+        found = {best: self.name}
+        t1 = time.time()
+        g, gbits = greedy(context.table)
+        info["greedy_s"] = round(time.time() - t1, 3)
+        found.setdefault(g, "greedy")
+        info["greedy_gap_pct"] = 100 * (gbits / context.table.rate(best) - 1)
+        return SearchResult(found, info)
+
+
+@register
+class Greedy(Strategy):
+    name, max_patch = "greedy", 6
+
+    def search(self, context: SearchContext) -> SearchResult:
+        best, _ = greedy(context.table)
+        return SearchResult({best: self.name}, {})
+
+
+@register
+class OptunaTPE(Strategy):
+    name, max_patch = "optuna", 8
+
+    def search(self, context: SearchContext) -> SearchResult:
+        o = context.options
+        study = optuna_search(
+            context.objective,
+            context.table.patch,
+            o.get("trials", 200),
+            seed=o.get("seed", 0),
+            storage=o.get("storage"),
+            study_name=o.get("study"),
+            progress=o.get("progress", False),
+        )
+        found: dict[DecodingOrder, str] = {}
+        for order, _ in study_orders(study)[: o.get("top", 20)]:
+            found.setdefault(order, self.name)
+        return SearchResult(found, {"trials_in_study": len(study.trials)})

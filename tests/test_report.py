@@ -39,6 +39,8 @@ def test_report_of_two_runs(setup, tmp_path):  # noqa: F811
     for fig in ("gains.png", "orders.png", "tradeoff.png", "stages.png", "random.png"):
         assert (a / fig).stat().st_size > 5000 and f"({fig})" in md
     assert "0,1;2,3" in md and "checkerboard" in md and "p3 (3×3" in md
+    # the 2×2 run has the whole cost table, so its frontier is reported; the greedy 3×3 run has not
+    assert md.count("Best schedule within T stages") == 1 and "| 1 | `0,0;0,0` |" in md and "| 4 | `" in md
 
     # rate against decoding time, from a file in the schema of experiments/bench_decode.py
     model_hash = json.loads((a / "manifest.json").read_text())["model_hash"]

@@ -161,3 +161,29 @@ def test_frontier_is_exact_and_consistent(k, seed):
 def test_frontier_refuses_5x5():
     with pytest.raises(ValueError, match="k ≤ 4"):
         st.frontier(CostTable(5, 1, 1, 0.0))
+
+
+@pytest.mark.parametrize("name", sorted(st.REGISTRY))
+@pytest.mark.parametrize("k", [2, 3])
+def test_strategy_contract(name, k):
+    """Every registered strategy: valid full orders of the table's patch, the best never worse
+    than raster, and equal to the exact optimum where the strategy claims exactness."""
+    strategy = st.REGISTRY[name]
+    assert strategy.name == name and strategy.max_patch >= 2
+    if k > strategy.max_patch or (k == 3 and name == "exhaustive"):  # 9! orders: test_dp_equals_exhaustive
+        pytest.skip(f"{name} at {k}×{k} is covered elsewhere or out of its range")
+    table = synthetic_table(k, seed=11)
+    filled = []
+    context = st.SearchContext(
+        table, objective=table.rate, fill_table=lambda: filled.append(table.fill()), options={"trials": 30}
+    )
+    result = strategy.search(context)
+    assert result.found and isinstance(result.info, dict)
+    for order, source in result.found.items():
+        assert isinstance(order, o.DecodingOrder) and order.patch == k and order.num_stages == k * k
+        assert isinstance(source, str) and source
+    best = min(table.rate(order) for order in result.found)
+    assert best <= table.rate(o.raster(k)) + 1e-9
+    if strategy.full_table:
+        assert filled and best == pytest.approx(st.dp(table)[1])
+    assert st.auto_strategy(k) in st.REGISTRY

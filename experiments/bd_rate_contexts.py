@@ -1,0 +1,197 @@
+"""BD-rate of context models and decoding orders over the three shipped qualities.
+
+Reads one search run per quality (made by ``python -m orderopt.search --quality Q``) for a
+patch size, and the base model's PSNR on the same images at each quality (a decoding order
+never changes the reconstruction, so every schedule of a quality shares its distortion).
+Rows: hyperprior-only, checkerboard, autoregressive, the paper's order, TinyLIC's order (2×2)
+and the best order found, each on its run's one basis (the proxy's rates unless every row
+was verified). For each row:
+
+- its gain against checkerboard and against autoregressive at every quality, with the 95%
+  paired-bootstrap interval of the run (``candidates.csv``);
+- its BD-rate over the three qualities (the ``bjontegaard`` package, Akima interpolation,
+  bpp with ẑ against mean PSNR), against both baselines.
+
+Writes OUT/STEM.{json,md,png}.
+
+    python experiments/bd_rate_contexts.py --runs RUN_Q1 RUN_Q2 RUN_Q3 [--runs RUN_Q1 RUN_Q2 RUN_Q3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import bjontegaard as bd
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from outputs import save_results
+
+from orderopt import data
+from orderopt import orders as od
+from orderopt.evaluate import evaluate
+from orderopt.model import QUALITIES, load_model, shipped_quality
+
+
+def named_rows(df: pd.DataFrame, patch: int) -> dict[str, pd.Series]:
+    """The rows of a run this table reports, by name."""
+    orders = df[df["source"] != "baseline"]
+    rows = {
+        name: df[df["order"] == name].iloc[0] for name in ("hyperprior", "checkerboard", "autoregressive")
+    }
+    paper = df[df["order"] == str(od.paper_order(patch))]
+    if len(paper):
+        rows[f"paper {patch}×{patch}"] = paper.iloc[0]
+    tiny = df[df["source"].str.contains("tinylic")]
+    if len(tiny):
+        rows[f"TinyLIC {patch}×{patch}"] = tiny.iloc[0]
+    best = orders.iloc[0]
+    rows[f"best {patch}×{patch} ({best['order']})"] = best
+    return rows
+
+
+def quality_psnr(run: Path, cache: dict) -> tuple[int, float]:
+    """The shipped quality of a run's base model and its mean PSNR on the run's images."""
+    m = json.loads((run / "manifest.json").read_text())
+    q = shipped_quality(m["model_hash"])
+    if q is None:
+        raise SystemExit(f"{run}: its base model {m['model_hash']} is not a shipped quality")
+    images = m["arguments"].get("images")
+    key = (q, images)
+    if key not in cache:
+        model, _ = load_model(quality=q)
+        rows = evaluate(model, data.load_images(images))
+        cache[key] = float(np.mean([r["psnr"] for r in rows]))
+    return q, cache[key]
+
+
+def bd_rate(rates: list[float], psnrs: list[float], base: list[float]) -> float:
+    return float(bd.bd_rate(base, psnrs, rates, psnrs, method="akima"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--runs",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar="RUN",
+        help="search runs of q1, q2, q3 (repeatable)",
+    )
+    p.add_argument("--out", default="results", help="output folder (default results)")
+    p.add_argument("--stem", default="bd_rate_contexts", help="output file stem (default bd_rate_contexts)")
+    args = p.parse_args()
+    cache: dict = {}
+    table, lines = [], []
+    for group in args.runs:
+        runs = [Path(r) for r in group]
+        qs, psnrs, frames = [], [], []
+        for run in runs:
+            q, psnr = quality_psnr(run, cache)
+            qs.append(q)
+            psnrs.append(psnr)
+            frames.append(pd.read_csv(run / "candidates.csv"))
+        if sorted(qs) != list(QUALITIES) or qs != sorted(qs):
+            raise SystemExit(f"give the runs of qualities {list(QUALITIES)} in that order, got {qs}")
+        patch = int(json.loads((runs[0] / "manifest.json").read_text())["arguments"]["patch"])
+        per_q = [named_rows(df, patch) for df in frames]
+        names = [n for n in per_q[1] if all(n.split(" (")[0] in {m.split(" (")[0] for m in r} for r in per_q)]
+        for name in names:
+            stem = name.split(" (")[0]
+            rows = [next(r for m, r in rq.items() if m.split(" (")[0] == stem) for rq in per_q]
+            bpps = [float(r["bpp"]) for r in rows]
+            entry = {
+                "patch": patch,
+                "name": stem if stem.startswith("best") is False else name,
+                "basis": rows[0]["basis"],
+                "orders": [str(r["order"]) for r in rows],
+                "bpp": bpps,
+                "psnr": psnrs,
+            }
+            for b in ("checkerboard", "autoregressive"):
+                base = [float(rq[b]["bpp"]) for rq in per_q]
+                entry[f"bd_rate_vs_{b}_pct"] = bd_rate(bpps, psnrs, base) if np.isfinite(base).all() else None
+                entry[f"gain_vs_{b}_pct"] = [
+                    [float(r[f"gain_vs_{b}_{c}"]) for c in ("pct", "ci_low", "ci_high")] for r in rows
+                ]
+            table.append(entry)
+        lines += [
+            f"## {patch}×{patch} runs: {', '.join(str(r) for r in runs)}",
+            "",
+            "PSNR (dB) of q1–q3 on these images: " + ", ".join(f"{v:.2f}" for v in psnrs) + ".",
+            "",
+            "| schedule | bpp q1 / q2 / q3 | BD-rate vs checkerboard "
+            "| gain vs checkerboard per quality [95% CI] "
+            "| BD-rate vs autoregressive | gain vs autoregressive per quality [95% CI] |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in (t for t in table if t["patch"] == patch):
+
+            def cells(b: str, e=e) -> tuple[str, str]:
+                v = e[f"bd_rate_vs_{b}_pct"]
+                per = "; ".join(
+                    "–" if not np.isfinite(g) else f"{g:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                    for g, lo, hi in e[f"gain_vs_{b}_pct"]
+                )
+                return ("–" if v is None else f"{v:+.2f}%"), per
+
+            c_bd, c_per = cells("checkerboard")
+            a_bd, a_per = cells("autoregressive")
+            bpps = " / ".join(f"{v:.4f}" for v in e["bpp"])
+            lines.append(f"| {e['name']} | {bpps} | {c_bd} | {c_per} | {a_bd} | {a_per} |")
+        lines.append("")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(table) + 2), squeeze=False)
+    labels = [
+        f"{e['name']} ({e['patch']}×{e['patch']} run)"
+        if not e["name"].startswith(("best", "paper", "TinyLIC"))
+        else e["name"]
+        for e in table
+    ]
+    y = np.arange(len(table))
+    for ax, b in zip(axes[0], ("checkerboard", "autoregressive"), strict=True):
+        vals = [e[f"bd_rate_vs_{b}_pct"] if e[f"bd_rate_vs_{b}_pct"] is not None else np.nan for e in table]
+        ax.barh(y, vals, color="0.75", label="BD-rate over q1–q3")
+        for i, e in enumerate(table):
+            for j, (g, lo, hi) in enumerate(e[f"gain_vs_{b}_pct"]):
+                if np.isfinite(g):
+                    ax.errorbar(
+                        g,
+                        i + (j - 1) * 0.22,
+                        xerr=[[g - lo], [hi - g]],
+                        fmt="o",
+                        ms=3,
+                        color=f"C{j}",
+                        capsize=2,
+                        label=f"q{j + 1} (95% CI)" if i == 0 else None,
+                    )
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, labels if b == "checkerboard" else [""] * len(y), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"rate change vs {b} (%), lower is better")
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Context models and decoding orders over three qualities (proxy rates, held-out images)")
+    fig.tight_layout()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"{args.stem}.png", dpi=100)
+    command = "python experiments/bd_rate_contexts.py " + " ".join("--runs " + " ".join(g) for g in args.runs)
+    text = (
+        "# BD-rate of context models and decoding orders over three qualities\n\n"
+        "Rates on each run's basis (the proxy's unless stated), ŷ and ẑ; BD-rate with the `bjontegaard` "
+        "package (Akima) over the shipped qualities q1–q3, whose PSNR a decoding order does not change. "
+        "Negative is better.\n"
+        f"Regenerate: `{command}`.\n\n" + "\n".join(lines) + f"\n![BD-rate]({args.stem}.png)\n"
+    )
+    save_results({"command": command, "rows": table}, text, out, args.stem)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
