@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -42,6 +43,56 @@ VERSION = 1
 def bitmask(positions: Iterable[Position], patch: int) -> int:
     """Bitmask of a set of in-patch positions."""
     return sum(1 << (r * patch + c) for r, c in positions)
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """What a cost table is filled from: c(S, q) in bits for a batch of decoded sets S (bitmasks
+    over the k² in-patch positions), NaN where q ∈ S, and the sizes rates are divided by.
+
+    ``costs(subsets, per_image=True)`` gives each image's share, shape (len, k², images), for
+    the intervals over images; an oracle without images may report one image. The rate of a
+    schedule follows from the costs (:meth:`CostTable.rate`)."""
+
+    patch: int
+    num_elements: int
+    num_pixels: int
+    z_bits: float
+
+    @property
+    def num_images(self) -> int: ...
+
+    def costs(self, subsets: Sequence[int], chunk: int = 0, per_image: bool = False) -> np.ndarray: ...
+
+
+class FunctionOracle:
+    """Any cost function as an oracle: ``fn(subset, q)`` gives c(S, q) in bits (as one image),
+    e.g. a measured table of another codec or an analytic model, so that every strategy and
+    the frontier run on it unchanged."""
+
+    def __init__(
+        self,
+        patch: int,
+        fn: Callable[[int, int], float],
+        num_elements: int = 1,
+        num_pixels: int = 1,
+        z_bits: float = 0.0,
+    ):
+        self.patch, self.fn = patch, fn
+        self.num_elements, self.num_pixels, self.z_bits = num_elements, num_pixels, z_bits
+
+    @property
+    def num_images(self) -> int:
+        return 1
+
+    def costs(self, subsets: Sequence[int], chunk: int = 0, per_image: bool = False) -> np.ndarray:
+        n = self.patch**2
+        out = np.full((len(subsets), n), np.nan)
+        for i, s in enumerate(subsets):
+            for q in range(n):
+                if not (s >> q) & 1:
+                    out[i, q] = float(self.fn(int(s), q))
+        return out[..., None] if per_image else out
 
 
 class ProxyOracle:
@@ -187,7 +238,7 @@ class CostTable:
         num_pixels: int,
         z_bits: float,
         table: np.ndarray | None = None,
-        oracle: ProxyOracle | None = None,
+        oracle: Oracle | None = None,
         meta: dict | None = None,
     ):
         self.patch = patch
@@ -215,7 +266,7 @@ class CostTable:
         self._autosave = (Path(path), every_s, time.perf_counter())
 
     @classmethod
-    def from_oracle(cls, oracle: ProxyOracle, meta: dict | None = None) -> CostTable:
+    def from_oracle(cls, oracle: Oracle, meta: dict | None = None) -> CostTable:
         """An empty table that fills itself from ``oracle`` as entries are asked for."""
         return cls(
             oracle.patch, oracle.num_elements, oracle.num_pixels, oracle.z_bits, oracle=oracle, meta=meta

@@ -225,7 +225,7 @@ def fill_resumably(
     device), saving at least every ``save_every_s`` seconds and at the end, so that an
     interrupted run resumes and loses at most that much work. (Saving after every chunk costs
     half a second each: on a GPU, most of the time.)"""
-    batch = batch or (table.oracle.subsets_per_call if table.oracle is not None else 512)
+    batch = batch or getattr(table.oracle, "subsets_per_call", 512)
     todo = np.flatnonzero(~table.known)
     saved = time.perf_counter()
     for start in tqdm(

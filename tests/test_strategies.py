@@ -187,3 +187,20 @@ def test_strategy_contract(name, k):
     if strategy.full_table:
         assert filled and best == pytest.approx(st.dp(table)[1])
     assert st.auto_strategy(k) in st.REGISTRY
+
+
+def test_any_cost_function_is_an_oracle_for_every_strategy_and_the_frontier():
+    from orderopt.costs import FunctionOracle, Oracle
+
+    reference = synthetic_table(2, seed=3)
+    oracle = FunctionOracle(2, lambda s, q: reference.table[s, q], num_elements=1000, num_pixels=4000)
+    assert isinstance(oracle, Oracle)
+    table = CostTable.from_oracle(oracle)
+    assert not table.complete
+    assert st.dp(table)[1] == pytest.approx(st.dp(reference)[1])
+    assert [r[2] for r in st.frontier(table)] == pytest.approx([r[2] for r in st.frontier(reference)])
+    lazy = CostTable.from_oracle(oracle)
+    order, bits = st.greedy(lazy)
+    assert bits == pytest.approx(reference.rate(order))
+    table.fill_images([0, 1])
+    assert table.image_costs[0].shape == (4, 1)
