@@ -159,7 +159,7 @@ def train_base(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.steps, initial=step, desc="train base", unit="step", dynamic_ncols=True)
     t0, running = time.time(), []
     time_limit = args.time_limit or float("inf")
-    while step < args.steps and time.time() - t0 < time_limit:
+    while step < args.steps:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, args.steps, args.lr, (time.time() - t0) / time_limit)
         x = prefetch.next().to(device, memory_format=torch.channels_last, non_blocking=True)
@@ -188,6 +188,8 @@ def train_base(args: argparse.Namespace) -> int:
             bar.write(json.dumps(history[-1]))
         if step % args.ckpt_every == 0 or last:
             save()
+        if last:
+            break
     bar.close()
     prefetch.close()
     save()
@@ -282,6 +284,22 @@ def train_context(args: argparse.Namespace) -> int:
             {"kind": "multistage", "order": str(spec)},
         )
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
+    if args.init and not Path(args.out).exists():  # a resumed run continues from its own state
+        from .fit import load_context
+
+        try:
+            start, start_meta = load_context(args.init)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        same = ("kind", "order", "patch", "latent_channels", "hyper_channels")
+        differ = [k for k in same if start_meta.get(k) != meta.get(k)]
+        if differ:
+            raise UserError(
+                f"--init {args.init} is another context model ({', '.join(differ)} differ); give one of "
+                "the same kind, order, patch and channels"
+            )
+        model.load_state_dict(start.state_dict())
+        meta["init"] = {"from": str(args.init), "model_hash": start_meta.get("model_hash")}
     config = FitConfig(
         steps=args.steps,
         batch=args.batch,
@@ -478,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam learning rate (÷10 for the last 20%% of steps)",
     )
     c.add_argument("--seed", type=int, default=0, help="random seed")
+    c.add_argument(
+        "--init",
+        help="start from the weights of this context model of the same kind, order and patch (e.g. "
+        "the one of another quality; fine-tuning converges in fewer steps)",
+    )
     c.add_argument(
         "--eval-every",
         type=number(at_least=0),

@@ -111,6 +111,15 @@ def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
     assert r.returncode == 2 and "lengths" in r.stderr and "Traceback" not in r.stderr
     r = run(*common, "--order", "0,1;2,3", "--kind", "autoregressive", "--out", str(tmp_path / "x.pt"))
     assert r.returncode == 2 and "exactly one" in r.stderr
+    # held-out curve on request, and --init from another context model of the same kind
+    tuned = tmp_path / "tuned.pt"
+    args = [*common, "--proxy", "--patch", "2", "--init", str(out), "--eval-every", "1", "--out", str(tuned)]
+    assert train.main(args) == 0
+    res = json.loads(tuned.with_suffix(".json").read_text())
+    assert [p["step"] for p in res["held_out_curve"]] == [1, 2, 3] and res["init"]["from"] == str(out)
+    assert res["held_out_curve"][0]["autoregressive_bits_per_latent"] > 0
+    with pytest.raises(UserError, match="another context model"):
+        train.main([*common, "--proxy", "--patch", "3", "--init", str(out), "--out", str(tmp_path / "p3.pt")])
 
 
 def test_init_continues_from_exported_weights(tmp_path, image_dir):
@@ -137,3 +146,24 @@ def test_training_runs_and_resumes_on_device(tmp_path, tiny_ckpt, image_dir, dev
     args += ["--model", str(tiny_ckpt), "--cache-dir", str(tmp_path / "cache"), "--steps", "2"]
     args += ["--batch", "2", "--crop", "4", "--proxy", "--out", str(ctx), "--device", device]
     assert train.main(args) == 0
+
+
+def test_time_limit_stops_checkpointed_and_validated_then_resumes(tmp_path, image_dir, capsys):
+    out = tmp_path / "t.pt"
+    assert train.main([*base_args(image_dir, out, 100_000), "--time-limit", "1"]) == 0
+    assert "after the --time-limit of 1 s" in capsys.readouterr().out
+    ckpt = read_checkpoint(out)
+    step = ckpt["train_state"]["step"]
+    assert 1 <= step < 100_000 and ckpt["training"]["validation"][-1]["step"] == step  # validated at the stop
+    assert train.main([*base_args(image_dir, out, step + 1)]) == 0  # the same command resumes
+    assert read_checkpoint(out)["train_state"]["step"] == step + 1
+
+
+def test_prefetched_crops_resume_exactly(tmp_path, image_dir):
+    """Two steps at once or one, a stop and one more: the same weights (the prefetched batch
+    is drawn again after the resume)."""
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    assert train.main(base_args(image_dir, a, 2)) == 0
+    assert train.main(base_args(image_dir, b, 1)) == 0 and train.main(base_args(image_dir, b, 2)) == 0
+    sa, sb = read_checkpoint(a)["state_dict"], read_checkpoint(b)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
