@@ -421,8 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from these weights (e.g. the shipped model) when --out does not exist; "
         "continues its step count with a fresh optimizer",
     )
-    b.add_argument("--N", type=number(at_least=1), default=128, help="channels of the transforms and of ẑ")
-    b.add_argument("--M", type=number(at_least=1), default=192, help="channels of the latent ŷ")
+    b.add_argument(
+        "--N", type=number(at_least=1), default=96, help="channels of the transforms and of ẑ (shipped: 96)"
+    )
+    b.add_argument(
+        "--M", type=number(at_least=1), default=128, help="channels of the latent ŷ (shipped: 128)"
+    )
     b.add_argument("--batch", type=number(at_least=1), default=8, help="crops per step")
     b.add_argument(
         "--crop",

@@ -242,7 +242,7 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     assert len(have) >= 5 and len(have) < len(df) and (df["basis"] == "proxy").all()
     rc = json.loads((out / "manifest.json").read_text())["rank_correlation"]
     assert rc["n"] == len(df.dropna(subset=["dedicated_bits_per_latent", "proxy_bits_per_latent"]))
-    assert -1 <= rc["spearman"] <= 1 and -1 <= rc["kendall"] <= 1
+    assert rc == pytest.approx(search.rank_correlations(df), nan_ok=True)  # the manifest holds the table's
     assert rc["orders_only"]["n"] == rc["n"] - 3  # without the three baselines (all rated by the proxy)
     from orderopt import report
 
@@ -361,3 +361,21 @@ def test_fill_resumably_saves_what_is_done_when_interrupted(tmp_path):
     oracle.costs = real
     search.fill_resumably(resumed, path, batch=64, save_every_s=3600)  # saves at the end anyway
     assert CostTable.load(path).complete
+
+
+def test_rank_correlations_golden():
+    """Hand-computed: proxy ranks 1,2,3,4 against dedicated ranks 1,3,2,4 (one swapped pair):
+    Spearman 1 − 6·Σd²/(n(n²−1)) = 1 − 6·2/60 = 0.8; Kendall (5 concordant − 1 discordant)/6 = 2/3.
+    Without the baseline row (orders only): ranks 1,2,3 against 2,1,3: Spearman 0.5, Kendall 1/3."""
+    df = pd.DataFrame(
+        {
+            "proxy_bits_per_latent": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "dedicated_bits_per_latent": [1.1, 3.1, 2.1, 4.1, np.nan],
+            "source": ["baseline", "dp", "dp", "dp", "dp"],
+        }
+    )
+    rc = search.rank_correlations(df)
+    assert rc["n"] == 4 and rc["spearman"] == pytest.approx(0.8) and rc["kendall"] == pytest.approx(2 / 3)
+    assert rc["orders_only"]["n"] == 3
+    assert rc["orders_only"]["spearman"] == pytest.approx(0.5)
+    assert rc["orders_only"]["kendall"] == pytest.approx(1 / 3)

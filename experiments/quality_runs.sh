@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The shipped models' search runs at the three qualities, on one rate basis (the proxies, which
+# also rate autoregressive) with 95% intervals over images, held out on the embedded
+# photographs (q1-q3) and on the 49 clean photographs of wikiphotos (q2, 2x2); the frontier of
+# every run with the whole cost table; the BD-rate table over the qualities; the base models
+# against JPEG, WebP and JPEG 2000; the context models' learning curves; the report.
+#   bash experiments/quality_runs.sh [WIKIPHOTOS_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WIKI=${1:-../shared/datasets/wikiphotos}
+for q in 2 1 3; do
+  suffix=$([ "$q" = 2 ] && echo "" || echo "-q$q")
+  python -m orderopt.search --quality "$q" --patch 2 --out "results/search-patch2$suffix" --force
+  python -m orderopt.search --quality "$q" --patch 4 --strategy greedy --random 50 \
+    --out "results/search-patch4$suffix" --force
+done
+python -m orderopt.search --patch 2 --images "$WIKI" --out results/search-patch2-wikiphotos --force
+python experiments/bd_rate_contexts.py \
+  --runs results/search-patch2-q1 results/search-patch2 results/search-patch2-q3 \
+  --runs results/search-patch4-q1 results/search-patch4 results/search-patch4-q3
+python experiments/context_curves.py
+python -m orderopt.report results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos \
+  --out results/report
+python experiments/base_vs_classic.py
+python experiments/results_index.py
