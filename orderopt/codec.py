@@ -8,8 +8,8 @@
 ẑ is coded under the factorized prior (constriction's range coder), ŷ under the Gaussians of a
 context model, with one of two coders: ``rans`` (default; :mod:`orderopt.rans`, compiled and
 table-driven, one call per stage, its substreams decoded by parallel threads) or ``gaussian``
-(constriction's per-symbol quantized Gaussian, 4.6× slower to decode than one rANS
-substream: results/coder_throughput.md). Stage t of an order is decoded for all patches at
+(constriction's per-symbol quantized Gaussian, slower to decode than one rANS substream:
+results/coder_throughput.md). Stage t of an order is decoded for all patches at
 once from the latents of earlier stages; the encoder runs exactly the decoder's computation,
 stage by stage, so both sides see bit-identical parameters.
 
