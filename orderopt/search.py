@@ -65,6 +65,8 @@ from .results import Bootstrap, LatentTotals, choose_basis, dedicated_image_bits
 from .results import build_rows as results_table
 
 STRATEGIES = ("auto", *strategies.REGISTRY)
+PROBE_SUBSETS = 32  # decoded sets timed before a full cost table is filled
+LONG_FILL_S = 600.0  # a fill estimated longer than this is announced, with the faster choices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +229,19 @@ def fill_resumably(
     half a second each: on a GPU, most of the time.)"""
     batch = batch or getattr(table.oracle, "subsets_per_call", 512)
     todo = np.flatnonzero(~table.known)
+    if len(todo) > 4 * PROBE_SUBSETS:  # time a few subsets first: say so before a long fill
+        t0 = time.perf_counter()
+        table.fill(todo[:PROBE_SUBSETS].tolist(), batch=PROBE_SUBSETS)
+        estimate = (time.perf_counter() - t0) / PROBE_SUBSETS * len(todo)
+        todo = todo[PROBE_SUBSETS:]
+        if estimate > LONG_FILL_S:
+            print(
+                f"note: the whole {table.patch}×{table.patch} cost table ({len(todo) + PROBE_SUBSETS} "
+                f"decoded sets) will take about {estimate / 60:.0f} min on this device; --strategy greedy "
+                "visits a few thousand sets instead, and a GPU (--device cuda) fills the table in seconds. "
+                "Interrupting loses nothing: the same command resumes.",
+                file=sys.stderr,
+            )
     saved = time.perf_counter()
     for start in tqdm(
         range(0, len(todo), batch),

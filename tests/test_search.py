@@ -336,7 +336,7 @@ def test_optuna_with_dedicated_objective(setup, image_dir):
     assert r.returncode == 2 and "--train-images" in r.stderr
 
 
-def test_fill_resumably_saves_what_is_done_when_interrupted(tmp_path):
+def test_fill_resumably_saves_what_is_done_when_interrupted(tmp_path, monkeypatch, capsys):
     from orderopt.context import AnyOrderContext
     from orderopt.costs import CostTable, ProxyOracle
 
@@ -354,9 +354,12 @@ def test_fill_resumably_saves_what_is_done_when_interrupted(tmp_path):
         return real(subsets)
 
     oracle.costs = interrupted
+    monkeypatch.setattr(search, "LONG_FILL_S", 0.0)  # every fill "long": the estimate is announced
     with pytest.raises(KeyboardInterrupt):
         search.fill_resumably(table, path, batch=64, save_every_s=0)
-    assert CostTable.load(path).known.sum() == 2 * 64 + 1  # two chunks and the full set
+    assert "cost table (511 decoded sets) will take about" in capsys.readouterr().err  # the full set is known
+    assert calls == [search.PROBE_SUBSETS, 64]  # the timed probe first, then a chunk
+    assert CostTable.load(path).known.sum() == search.PROBE_SUBSETS + 64 + 1  # and the full set
     resumed = CostTable.load(path, oracle=oracle)
     oracle.costs = real
     search.fill_resumably(resumed, path, batch=64, save_every_s=3600)  # saves at the end anyway
