@@ -18,6 +18,7 @@ python -m orderopt.search --patch 2 --images "$WIKI" --out results/search-patch2
 python experiments/bd_rate_contexts.py \
   --runs results/search-patch2-q1 results/search-patch2 results/search-patch2-q3 \
   --runs results/search-patch4-q1 results/search-patch4 results/search-patch4-q3
+python experiments/one_basis_summary.py results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos
 python experiments/context_curves.py
 python -m orderopt.report results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos \
   --out results/report

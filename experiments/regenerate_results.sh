@@ -10,7 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BSDS=${1:-../shared/datasets/bsds500}
-python experiments/base_vs_jpeg.py --out results
 python experiments/bench_context.py --out results
 python experiments/bench_decode.py --out results
 python experiments/bench_decode.py --coder gaussian --out results
@@ -37,9 +36,9 @@ HELD_OUT=checkpoints/context/val_latents.pt STEPS_OVERRIDE=500 RANDOM_ORDERS=20 
     bash experiments/verify_search.sh proxy
 python experiments/bench_base_step.py --out results
 # the shipped model's runs on one basis (embedded photographs and wikiphotos), the proxies'
-# baseline gaps, the summary table, the report, and the index of results/
+# baseline gaps (previous model's protocol), then the three qualities' runs, BD-rates, base
+# models against classic codecs, context curves, summary table, report and index of results/
 bash experiments/one_basis_runs.sh
-python experiments/one_basis_summary.py results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos \
-    results/search-patch4-wikiphotos
+bash experiments/quality_runs.sh
 bash experiments/time_default_search.sh
 python experiments/results_index.py
