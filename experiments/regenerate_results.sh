@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates every file under results/ from the shipped weights (CPU is fine):
-#   base model vs JPEG, rate-engine speed, decoding time, and the shipped model's search
+#   rate-engine speed, decoding time, and the shipped models' search
 #   runs for 2x2 (exhaustive) and 4x4 (greedy + swaps), verified with dedicated models
 #   (about 2 h of training on 2 CPU cores), with their report. The exact 4x4 optimum:
 #   python -m orderopt.search --patch 4 --strategy dp --out results/search-patch4-dp
 #   (about 30 minutes of cost table on a 2-core CPU).
-# Context models first: bash experiments/train_shipped_context.sh (3,000 steps each).
+# Context models first: bash experiments/train_shipped_context.sh 2 (3,000 steps each), then
+# INIT_FROM=2 bash experiments/train_shipped_context.sh Q ../shared/datasets/bsds500 1500 for Q = 1, 3.
 #   bash experiments/regenerate_results.sh [BSDS500_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
