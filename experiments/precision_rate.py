@@ -29,14 +29,14 @@ from orderopt import orders as od
 from orderopt.context import MultistageContext, init_from_proxy
 from orderopt.devices import device_name
 from orderopt.fit import load_context
-from orderopt.model import load_model
+from orderopt.model import load_model, shipped_weights
 
 
 def contexts(m: int, c: int) -> list[tuple[str, object, dict, od.DecodingOrder | None]]:
     """(label, model, metadata, order for the proxy) of every trained context model coded."""
-    ar, ar_meta = load_context(codec.WEIGHTS / "autoregressive.pt")
-    p2, p2_meta = load_context(codec.WEIGHTS / "proxy_k2.pt")
-    p4, p4_meta = load_context(codec.WEIGHTS / "proxy_k4.pt")
+    ar, ar_meta = load_context(shipped_weights("autoregressive"))
+    p2, p2_meta = load_context(shipped_weights("proxy_k2"))
+    p4, p4_meta = load_context(shipped_weights("proxy_k4"))
     dedicated = MultistageContext(od.paper_order(4), m, c)
     with torch.no_grad():
         init_from_proxy(dedicated, p4)

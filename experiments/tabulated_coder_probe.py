@@ -31,7 +31,7 @@ from timing import median_seconds
 from orderopt import codec, data, rans
 from orderopt import orders as od
 from orderopt.fit import load_context
-from orderopt.model import SCALE_MIN, load_model
+from orderopt.model import SCALE_MIN, load_model, shipped_weights
 
 GRIDS = [(32, 8), (48, 12), (64, 16)]
 
@@ -39,7 +39,7 @@ GRIDS = [(32, 8), (48, 12), (64, 16)]
 def stage_gaussians(image: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(symbols, means, stds) of every stage of the paper's 4×4 order, as the codec codes them."""
     base, _ = load_model()
-    proxy, _ = load_context(codec.WEIGHTS / "proxy_k4.pt")
+    proxy, _ = load_context(shipped_weights("proxy_k4"))
     with torch.no_grad():
         a = base.analyze(data.pad_to_multiple(image[None])[0])
         sched = codec.make_schedule(proxy, od.paper_order(4), *a.y_hat.shape[2:])

@@ -6,7 +6,10 @@
 # with held-out learning curves (embedded photographs, every 500 steps), then exports them as
 # fp16 and copies their records to results/context/qQ_*.json.
 # Training latents: BSDS500 train + test; held-out: the embedded photographs. Resumable.
+# INIT_FROM=Q2 starts each model from the shipped one of quality Q2 (fine-tuning, fewer steps).
 #   bash experiments/train_shipped_context.sh QUALITY [BSDS500_DIR] [STEPS]
+# The shipped models: q2 from scratch with 3,000 steps, then q1 and q3 with
+#   INIT_FROM=2 bash experiments/train_shipped_context.sh 1 ../shared/datasets/bsds500 1500
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${1:?usage: train_shipped_context.sh QUALITY [BSDS500_DIR] [STEPS]}
@@ -19,10 +22,17 @@ mkdir -p "$OUT" results/context
 [ -f "$OUT/held_latents.pt" ] || python -m orderopt.latents --model "$BASE" --out "$OUT/held_latents.pt"
 COMMON=(--train-latents "$OUT/train_latents.pt" --eval-latents "$OUT/held_latents.pt" --steps "$STEPS"
         --batch 16 --crop 16 --seed 0 --eval-every 500 --threads 1)
-python -m orderopt.train context --proxy --patch 2 --raster-fraction 0.25 "${COMMON[@]}" --out "$OUT/proxy_k2.pt" &
-python -m orderopt.train context --proxy --patch 4 --raster-fraction 0.25 "${COMMON[@]}" --out "$OUT/proxy_k4.pt" &
+init() { [ -n "${INIT_FROM:-}" ] && echo "--init orderopt/weights/q$INIT_FROM/$1.pt" || true; }
+# shellcheck disable=SC2046
+python -m orderopt.train context --proxy --patch 2 --raster-fraction 0.25 "${COMMON[@]}" $(init proxy_k2) \
+    --out "$OUT/proxy_k2.pt" &
+# shellcheck disable=SC2046
+python -m orderopt.train context --proxy --patch 4 --raster-fraction 0.25 "${COMMON[@]}" $(init proxy_k4) \
+    --out "$OUT/proxy_k4.pt" &
 wait
-python -m orderopt.train context --kind autoregressive "${COMMON[@]}" --threads 2 --out "$OUT/autoregressive.pt"
+# shellcheck disable=SC2046
+python -m orderopt.train context --kind autoregressive "${COMMON[@]}" --threads 2 $(init autoregressive) \
+    --out "$OUT/autoregressive.pt"
 for name in proxy_k2 proxy_k4 autoregressive; do
   python -m orderopt.train export --ckpt "$OUT/$name.pt" --out "orderopt/weights/q$Q/$name.pt"
   cp "$OUT/$name.json" "results/context/q${Q}_$name.json"
