@@ -19,7 +19,26 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import torch
 from outputs import save_results
+
+from orderopt import data
+from orderopt.latents import cached_latents
+from orderopt.model import gaussian_bits, load_model
+
+
+@torch.no_grad()
+def base_bits_per_latent(quality: int) -> float:
+    """Bits per latent element of the base model's own entropy model (the hyperprior alone) on
+    the embedded photographs: the rate every context model starts to improve on."""
+    model, meta = load_model(quality=quality)
+    lat, _ = cached_latents(model, meta["hash"], data.load_images(None), progress=False)
+    bits = 0.0
+    for e in lat.entries:
+        means, scales = model.split_hyper(e.hyper[None])
+        bits += float(gaussian_bits(e.y_hat[None], means, scales).double().sum())
+    return bits / sum(e.y_hat.numel() for e in lat.entries)
+
 
 SERIES = {
     "proxy_k2": [
@@ -46,7 +65,12 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     result = {}
+    base_lines = ["| quality | base model's own hyperprior (bits per latent) |", "|---|---|"]
     for q, ax in zip(qualities, axes[0], strict=True):
+        base = base_bits_per_latent(int(q[1:]))
+        result[f"{q}/base"] = base
+        base_lines.append(f"| {q} | {base:.4f} |")
+        ax.axhline(base, color="k", ls="--", lw=1, label="base model's hyperprior alone")
         for name, series in SERIES.items():
             path = folder / f"{q}_{name}.json"
             if not path.is_file():
@@ -78,7 +102,11 @@ def main() -> None:
     text = (
         "# Held-out learning curves of the shipped context models\n\n"
         "Regenerate: `python experiments/context_curves.py`. The learning rate drops ÷10 for the last 20% "
-        "of each model's steps, which gives the last step's drop.\n\n"
+        "of each model's steps, which gives the last step's drop. Curves start from random weights (q2) or "
+        "from q2's models (q1, q3: `init`); the dashed line is the base model's own entropy model, the "
+        "rate with no spatial context that every context model has to beat.\n\n"
+        + "\n".join(base_lines)
+        + "\n\n"
         + "\n".join(lines)
         + "\n\n![curves](curves.png)\n"
     )
