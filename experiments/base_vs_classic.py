@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 from pathlib import Path
 
@@ -85,16 +86,23 @@ def bootstrap_ci(values: list[float], draws: int = 2000, seed: int = 0) -> tuple
 
 
 def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> float | None:
-    """BD-rate (%) of ``test`` against ``anchor`` over their common PSNR range, or None."""
+    """BD-rate (%) of ``test`` against ``anchor`` over their common PSNR range (None without one)."""
     a, t = sorted(anchor, key=lambda p: p[1]), sorted(test, key=lambda p: p[1])
     lo, hi = max(a[0][1], t[0][1]), min(a[-1][1], t[-1][1])
-    a = [p for p in a if lo - 1 <= p[1] <= hi + 1]  # the anchor's points near the common range
-    if hi <= lo or len(a) < 4 or len(t) < 2:
+    if hi <= lo or len(a) < 2 or len(t) < 2:
         return None
     ra, da = zip(*a, strict=True)
     rt, dt = zip(*t, strict=True)
     return float(
-        bd.bd_rate(list(ra), list(da), list(rt), list(dt), method="akima", require_matching_points=False)
+        bd.bd_rate(
+            list(ra),
+            list(da),
+            list(rt),
+            list(dt),
+            method="akima",
+            require_matching_points=False,
+            min_overlap=0,
+        )
     )
 
 
@@ -172,12 +180,21 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="at most this many images per set (default 0: all)")
     p.add_argument("--out", default="results", help="output folder (default results)")
     p.add_argument("--stem", default="base_vs_classic", help="output file stem (default base_vs_classic)")
-    args = p.parse_args()
-    sets = (
-        {k: (Path(v) if v != "embedded" else None) for k, v in (s.split("=", 1) for s in args.set)}
-        if args.set
-        else DEFAULT_SETS
+    p.add_argument(
+        "--summarize",
+        metavar="JSON",
+        help="recompute the summaries, table and figure from the per-image points of an earlier run's JSON",
     )
+    args = p.parse_args()
+    earlier = json.loads(Path(args.summarize).read_text()) if args.summarize else None
+    if earlier:
+        sets = {name: None for name in earlier["sets"]}
+    else:
+        sets = (
+            {k: (Path(v) if v != "embedded" else None) for k, v in (s.split("=", 1) for s in args.set)}
+            if args.set
+            else DEFAULT_SETS
+        )
     models = {q: load_model(quality=q) for q in QUALITIES}
     result = {
         "command": "python experiments/base_vs_classic.py",
@@ -188,10 +205,13 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
     lines = []
     for (name, folder), ax in zip(sets.items(), axes[0], strict=True):
-        images = data.load_images(folder)
-        if args.limit:
-            images = images[: args.limit]
-        rows = measure_set(models, images)
+        if earlier:
+            rows = earlier["sets"][name]["per_image"]
+        else:
+            images = data.load_images(folder)
+            if args.limit:
+                images = images[: args.limit]
+            rows = measure_set(models, images)
         s = summarize(rows)
         result["sets"][name] = {"images": len(rows), "summary": s, "per_image": rows}
         for codec, curve in s["classic_mean"].items():

@@ -257,3 +257,18 @@ def test_cli_cuda_without_gpu(tmp_path, tiny_ckpt):
         cwd=tmp_path,
     )
     assert r.returncode == 2 and "no CUDA GPU" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_shipped_quality_round_trip_and_decode_by_hash(tmp_path):
+    """A stream coded with a shipped quality decodes with no options: the decoder finds the
+    quality by the stream's model hash; --model and --quality together are refused."""
+    arr = (np.random.default_rng(0).uniform(0, 1, (64, 96, 3)) * 255).astype(np.uint8)
+    png, stream, out = tmp_path / "in.png", tmp_path / "s.oopt", tmp_path / "out.png"
+    Image.fromarray(arr).save(png)
+    assert codec.main(["encode", str(png), str(stream), "--order", "0,1;2,3", "--quality", "1"]) == 0
+    assert codec.main(["decode", str(stream), str(out)]) == 0
+    assert Image.open(out).size == (96, 64)
+    with pytest.raises(UserError, match="not both"):
+        codec.main(["decode", str(stream), str(out), "--model", "m.pt", "--quality", "1"])
+    with pytest.raises(UserError, match="was encoded with base model"):
+        codec.main(["decode", str(stream), str(out), "--quality", "3"])

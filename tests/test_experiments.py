@@ -1,0 +1,39 @@
+"""Known-answer tests of the measurement helpers of experiments/ (BD-rate, ΔPSNR at equal bpp)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+import base_vs_classic as bvc  # noqa: E402
+import bd_rate_contexts as bdc  # noqa: E402
+
+
+def test_bd_rate_of_a_uniformly_cheaper_curve():
+    """A codec that needs 10% fewer bits at every PSNR has a BD-rate of exactly −10%."""
+    anchor = [(0.1 * 1.5**i, 26 + 1.2 * i) for i in range(8)]
+    test = [(0.9 * r, d) for r, d in anchor[2:5]]  # three points, as our three qualities
+    assert bvc.bd_rate(anchor, test) == pytest.approx(-10.0, abs=1e-6)
+    assert bdc.bd_rate(
+        [r for r, _ in test], [d for _, d in test], [r / 0.9 for r, _ in test]
+    ) == pytest.approx(-10.0, abs=1e-6)
+
+
+def test_bd_rate_needs_overlap():
+    anchor = [(0.1 * 1.5**i, 20 + i) for i in range(8)]
+    assert bvc.bd_rate(anchor, [(1.0, 40.0), (2.0, 42.0)]) is None  # no common PSNR range
+
+
+def test_psnr_at_equal_bpp_interpolates_in_log_rate():
+    curve = [(0.1, 25.0), (0.4, 31.0)]
+    assert bvc.psnr_at(curve, 0.2) == pytest.approx(28.0)  # halfway in log2: 0.1 → 0.2 → 0.4
+    assert bvc.psnr_at(curve, 0.05) is None and bvc.psnr_at(curve, 0.5) is None
+
+
+def test_bootstrap_interval_of_a_constant_is_a_point():
+    lo, hi = bvc.bootstrap_ci([1.5] * 10)
+    assert lo == hi == 1.5
+    assert all(np.isnan(bvc.bootstrap_ci([1.0])))
