@@ -23,6 +23,7 @@ import argparse
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -47,9 +48,9 @@ DEFAULT_SETS = {
 }
 # quality settings swept per codec (Pillow's own scales)
 SWEEPS = {
-    "JPEG": list(range(5, 96, 5)),
-    "WebP": list(range(0, 101, 5)),
-    "JPEG 2000": [400, 300, 200, 150, 100, 80, 60, 48, 40, 32, 24, 16, 12, 8],  # compression ratios
+    "JPEG": list(range(5, 96, 10)),
+    "WebP": list(range(0, 101, 10)),
+    "JPEG 2000": [400, 200, 120, 80, 60, 40, 30, 20, 12, 8],  # compression ratios
 }
 
 
@@ -197,7 +198,7 @@ def main() -> None:
         )
     models = {q: load_model(quality=q) for q in QUALITIES}
     result = {
-        "command": "python experiments/base_vs_classic.py",
+        "command": " ".join(["python experiments/base_vs_classic.py", *sys.argv[1:]]),
         "models": {q: {"hash": m[1]["hash"], "lmbda": m[1]["lmbda"]} for q, m in models.items()},
         "sweeps": SWEEPS,
         "sets": {},
