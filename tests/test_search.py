@@ -242,7 +242,10 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     assert len(have) >= 5 and len(have) < len(df) and (df["basis"] == "proxy").all()
     rc = json.loads((out / "manifest.json").read_text())["rank_correlation"]
     assert rc["n"] == len(df.dropna(subset=["dedicated_bits_per_latent", "proxy_bits_per_latent"]))
-    assert rc == pytest.approx(search.rank_correlations(df), nan_ok=True)  # the manifest holds the table's
+    expected = search.rank_correlations(df)  # the manifest holds the table's (CSV rounds to 6 digits)
+    for got, want in ((rc, expected), (rc["orders_only"], expected["orders_only"])):
+        flat = {k: v for k, v in want.items() if k != "orders_only"}
+        assert {k: got[k] for k in flat} == pytest.approx(flat, rel=1e-4, nan_ok=True)
     assert rc["orders_only"]["n"] == rc["n"] - 3  # without the three baselines (all rated by the proxy)
     from orderopt import report
 
