@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from orderopt.files import atomic_write
+from orderopt.model import QUALITIES, read_checkpoint, shipped_weights
 
 ROOT = Path("results")
 HEADLINE = ["report/report.md", "report/tradeoff.png", "report/gains.png"]
@@ -76,8 +77,12 @@ def main() -> None:
         if p.is_file():
             lines.append(f"- [`{h}`]({h}) — `{command_of(p) or 'see report.md'}` ({last_commit(p)})")
     lines += ["", "## Search runs", "", "| run | command | last commit |", "|---|---|---|"]
+    shipped = {q: read_checkpoint(shipped_weights("base", q))["hash"] for q in QUALITIES}
     for r in runs:
         note = " (older schema: mixed bases, no intervals; rerun the command)" if legacy(r) else ""
+        model = json.loads((r / "manifest.json").read_text()).get("model_hash", "")
+        quality = next((q for q, h in shipped.items() if h == model), None)
+        note += f" (quality {quality})" if quality else f" (previous model `{model[:8]}`)"
         cmd = command_of(r / "manifest.json")
         lines.append(
             f"| [`{r.relative_to(ROOT)}/`]({r.relative_to(ROOT)}/){note} | `{cmd}` | {last_commit(r)} |"
