@@ -78,6 +78,12 @@ def main() -> None:
             rec = json.loads(path.read_text())
             curve = rec.get("held_out_curve", [])
             init = rec.get("init", {}).get("from")
+            earlier = folder / f"{q}_{name}.stage1.json"  # a model trained in two stages: one curve
+            if earlier.is_file():
+                first = json.loads(earlier.read_text())
+                offset = first["held_out_curve"][-1]["step"]
+                curve = first["held_out_curve"] + [{**c, "step": c["step"] + offset} for c in curve]
+                init = first.get("init", {}).get("from")
             for key, label in series:
                 pts = [(c["step"], c[key]) for c in curve if key in c]
                 if not pts:
@@ -103,12 +109,10 @@ def main() -> None:
         "# Held-out learning curves of the shipped context models\n\n"
         "Regenerate: `python experiments/context_curves.py`. The learning rate drops ÷10 for the last 20% "
         "of each model's steps, which gives the last step's drop. Curves start from random weights (q2) or "
-        "from q2's models (q1, q3: `init`); the dashed line is the base model's own entropy model, the "
-        "rate with no spatial context that every context model has to beat.\n\n"
-        + "\n".join(base_lines)
-        + "\n\n"
-        + "\n".join(lines)
-        + "\n\n![curves](curves.png)\n"
+        "from q2's models (q1, q3: `init`; q1's proxies in two stages of 1,500 steps, the second "
+        "resumed from the first's weights with a fresh optimizer and seed 1); the dashed line is the "
+        "base model's own entropy model, the rate with no spatial context that every context model has "
+        "to beat.\n\n" + "\n".join(base_lines) + "\n\n" + "\n".join(lines) + "\n\n![curves](curves.png)\n"
     )
     save_results(
         {"command": "python experiments/context_curves.py", "curves": result}, text, folder, "curves"
