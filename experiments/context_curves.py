@@ -109,7 +109,7 @@ def main() -> None:
         "# Held-out learning curves of the shipped context models\n\n"
         "Regenerate: `python experiments/context_curves.py`. The learning rate drops ÷10 for the last 20% "
         "of each model's steps, which gives the last step's drop. Curves start from random weights (q2) or "
-        "from q2's models (q1, q3: `init`; q1's proxies in two stages of 1,500 steps, the second "
+        "from q2's models (q1, q3: `init`; their proxies in two stages of 1,500 steps, the second "
         "resumed from the first's weights with a fresh optimizer and seed 1); the dashed line is the "
         "base model's own entropy model, the rate with no spatial context that every context model has "
         "to beat.\n\n" + "\n".join(base_lines) + "\n\n" + "\n".join(lines) + "\n\n![curves](curves.png)\n"

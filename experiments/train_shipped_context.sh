@@ -10,13 +10,14 @@
 #   bash experiments/train_shipped_context.sh QUALITY [BSDS500_DIR] [STEPS]
 # The shipped models: q2 from scratch with 3,000 steps, then q1 and q3 with
 #   INIT_FROM=2 bash experiments/train_shipped_context.sh 1 ../shared/datasets/bsds500 1500
-# and q1's proxies, still improving then, for 1,500 more steps from their own weights:
+# and the proxies of q1 and q3, still improving then, for 1,500 more steps from their own weights
+# (Q = 1, 3; K = 2, 4):
 #   python -m orderopt.train context --proxy --patch K --raster-fraction 0.25 \
-#     --train-latents checkpoints/context-q1/train_latents.pt --eval-latents checkpoints/context-q1/held_latents.pt \
+#     --train-latents checkpoints/context-qQ/train_latents.pt --eval-latents checkpoints/context-qQ/held_latents.pt \
 #     --steps 1500 --batch 16 --crop 16 --seed 1 --eval-every 500 --threads 1 \
-#     --init orderopt/weights/q1/proxy_kK.pt --out checkpoints/context-q1b/proxy_kK.pt   (K = 2, 4)
-# (export each to orderopt/weights/q1/ and copy its .json to results/context/q1_proxy_kK.json, the
-# first stage's record kept as q1_proxy_kK.stage1.json)
+#     --init orderopt/weights/qQ/proxy_kK.pt --out checkpoints/context-qQb/proxy_kK.pt
+# (export each to orderopt/weights/qQ/ and copy its .json to results/context/qQ_proxy_kK.json, the
+# first stage's record kept as qQ_proxy_kK.stage1.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${1:?usage: train_shipped_context.sh QUALITY [BSDS500_DIR] [STEPS]}
