@@ -375,8 +375,7 @@ def _held_out_bits(model, held, patch: int, device, autoregressive: bool = False
     if autoregressive:
         table.fill_raster()
         point["autoregressive_bits_per_latent"] = float(table.raster_image_bits.sum()) / table.num_elements
-    model.train()
-    return point
+    return point  # fit_context switches the model back to training after on_step
 
 
 def _is_context_file(path: str) -> bool:
