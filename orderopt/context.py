@@ -59,12 +59,17 @@ class EntropyParameters(nn.Module):
         return {"w2": c2.weight[:, :, 0, 0], "b2": c2.bias, "w3": c3.weight[:, :, 0, 0], "b3": c3.bias}
 
     def tail_rows(
-        self, pre: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
+        self, pre: torch.Tensor, weights: dict[str, torch.Tensor] | None = None, inplace: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`tail` for pre-activations laid out as rows (…, D): plain matrix products,
         faster than 1×1 convolutions for the cost table. Returns (…, M) means and scales.
-        ``weights``: :meth:`tail_matrices` as given (cast to another dtype, say)."""
+        ``weights``: :meth:`tail_matrices` as given (cast to another dtype, say). ``inplace``:
+        overwrite ``pre`` (no autograd; saves two large allocations per call)."""
         w = weights or self.tail_matrices()
+        if inplace:
+            h = F.leaky_relu_(F.linear(F.leaky_relu_(pre), w["w2"], w["b2"]))
+            means, scales = F.linear(h, w["w3"], w["b3"]).chunk(2, dim=-1)
+            return means, scales
         h = F.leaky_relu(F.linear(F.leaky_relu(pre), w["w2"], w["b2"]))
         means, scales = F.linear(h, w["w3"], w["b3"]).chunk(2, dim=-1)
         return means, scales

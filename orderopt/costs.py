@@ -150,20 +150,37 @@ class ProxyOracle:
         )
         for q in range(k2):
             rows = [i for i, s in enumerate(subsets) if not (s >> q) & 1]
-            base, parts, y = self._base[q], self._parts[q], self._y[q]
-            per = max(1, chunk or int(self.chunk_elements // max(1, parts.shape[1] * parts.shape[2])))
+            per = max(1, chunk or int(self.chunk_elements // max(1, self._parts[q][0].numel())))
             for start in range(0, len(rows), per):
                 idx = rows[start : start + per]
-                pre = base + torch.einsum("nk,kpd->npd", bits[idx], parts)
-                means, scales = self.proxy.entropy.tail_rows(pre)
+                rows_bits = self._row_bits(bits[idx], q).double()  # (n, P_q)
                 if per_image:
-                    rows_bits = gaussian_bits(y, means, scales).sum(2).double()  # (n, P_q)
                     images = rows_bits.new_zeros(len(idx), self.num_images)
                     images.index_add_(1, self._image_of[q], rows_bits)
                     out[idx, q] = images.cpu().numpy()
                 else:
-                    out[idx, q] = gaussian_bits(y, means, scales).sum((1, 2)).double().cpu().numpy()
+                    out[idx, q] = rows_bits.sum(1).cpu().numpy()
         return out
+
+    @torch.no_grad()
+    def row_bits(self, subsets: Sequence[int], q: int) -> torch.Tensor:
+        """Bits of every latent position (row) at in-patch position q, (len(subsets), P_q), for
+        decoded sets S that do not contain q: what the costs are sums of."""
+        if any((s >> q) & 1 for s in subsets):
+            raise ValueError(f"position {q} is in a decoded set")
+        bits = torch.tensor(
+            [[(s >> p) & 1 for p in range(self.patch**2)] for s in subsets],
+            dtype=torch.float32,
+            device=self.device,
+        )
+        return self._row_bits(bits, q)
+
+    def _row_bits(self, bits: torch.Tensor, q: int) -> torch.Tensor:
+        base, parts = self._base[q], self._parts[q]
+        # One matrix product for the first layer of every S, then the tail in place.
+        pre = torch.addmm(base.reshape(1, -1), bits, parts.reshape(len(parts), -1))
+        means, scales = self.proxy.entropy.tail_rows(pre.view(len(bits), *base.shape), inplace=True)
+        return gaussian_bits(self._y[q], means, scales).sum(2)
 
     @torch.no_grad()
     def raster_bits(self) -> np.ndarray:

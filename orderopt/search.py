@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import data, strategies
+from . import data, strategies, surrogate
 from . import orders as od
 from .costs import CostTable, ProxyOracle, bitmask, dedicated_rate
 from .devices import add_device_option, device_name, torch_device
@@ -66,6 +66,7 @@ from .results import build_rows as results_table
 
 STRATEGIES = ("auto", *strategies.REGISTRY)
 PROBE_SUBSETS = 32  # decoded sets timed before a full cost table is filled
+SURROGATE_FRACTION = 1 / 16  # of the 4×4 decoded sets, computed exactly (results/bench_cost_table.md)
 LONG_FILL_S = 600.0  # a fill estimated longer than this is announced, with the faster choices
 
 
@@ -82,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=number(at_least=1),
         help="also find the best schedule with at most this many stages (several positions per "
         "stage; exact, k ≤ 4, needs the whole cost table)",
+    )
+    p.add_argument(
+        "--table-fraction",
+        type=number(float, above=0),
+        help="where the whole cost table is needed (dp, exhaustive, frontier, --stages): the fraction of "
+        "its 2^(k²) decoded sets computed exactly; the rest is fitted (orderopt.surrogate) and every "
+        "schedule picked is computed exactly until the picks settle (default: 1 for k ≤ 3, 1/16 for "
+        "k = 4; results/bench_cost_table.md measures what it costs)",
     )
     p.add_argument(
         "--strategy",
@@ -221,14 +230,19 @@ def baseline_orders(k: int) -> dict[str, od.DecodingOrder | None]:
 
 # --- search ---------------------------------------------------------------------------------
 def fill_resumably(
-    table: CostTable, path: Path, batch: int | None = None, save_every_s: float = 30.0
+    table: CostTable,
+    path: Path,
+    batch: int | None = None,
+    save_every_s: float = 30.0,
+    subsets: list[int] | None = None,
 ) -> None:
-    """Fill the whole table ``batch`` subsets at a time (default: what suits the oracle's
-    device), saving at least every ``save_every_s`` seconds and at the end, so that an
-    interrupted run resumes and loses at most that much work. (Saving after every chunk costs
-    half a second each: on a GPU, most of the time.)"""
+    """Fill the whole table (or the rows of ``subsets``) ``batch`` subsets at a time (default:
+    what suits the oracle's device), saving at least every ``save_every_s`` seconds and at the
+    end, so that an interrupted run resumes and loses at most that much work. (Saving after
+    every chunk costs half a second each: on a GPU, most of the time.)"""
     batch = batch or getattr(table.oracle, "subsets_per_call", 512)
-    todo = np.flatnonzero(~table.known)
+    known = np.asarray(table.known, dtype=bool)
+    todo = np.flatnonzero(~known) if subsets is None else np.array([s for s in subsets if not known[s]], int)
     if len(todo) > 4 * PROBE_SUBSETS:  # time a few subsets first: say so before a long fill
         t0 = time.perf_counter()
         table.fill(todo[:PROBE_SUBSETS].tolist(), batch=PROBE_SUBSETS)
@@ -237,8 +251,9 @@ def fill_resumably(
         if estimate > LONG_FILL_S:
             print(
                 f"note: the whole {table.patch}×{table.patch} cost table ({len(todo) + PROBE_SUBSETS} "
-                f"decoded sets) will take about {estimate / 60:.0f} min on this device; --strategy greedy "
-                "visits a few thousand sets instead, and a GPU (--device cuda) fills the table in seconds. "
+                f"decoded sets) will take about {estimate / 60:.0f} min on this device; a smaller "
+                f"--table-fraction (default {SURROGATE_FRACTION:g} for k = 4) or --strategy greedy computes "
+                "a few thousand sets instead, and a GPU (--device cuda) fills the table in seconds. "
                 "Interrupting loses nothing: the same command resumes.",
                 file=sys.stderr,
             )
@@ -255,10 +270,41 @@ def fill_resumably(
             saved = time.perf_counter()
 
 
+def table_fraction(args) -> float:
+    """The fraction of the decoded sets computed exactly where the whole table is needed."""
+    if args.table_fraction is not None:
+        return args.table_fraction
+    return SURROGATE_FRACTION if args.patch == 4 else 1.0
+
+
+def settled_surrogate(args, table: CostTable, costs_path: Path, fraction: float) -> tuple[CostTable, dict]:
+    """The complete surrogate of ``table`` (a fraction of its sets computed, the rest fitted),
+    after computing exactly every schedule the DP and the frontier pick on it."""
+    t0 = time.time()
+    fill_resumably(table, costs_path, subsets=surrogate.anchor_sets(args.patch, fraction, args.seed))
+
+    def pick(t: CostTable) -> list[od.DecodingOrder]:
+        return [strategies.dp(t)[0], *(o for _, o, _ in strategies.frontier(t))]
+
+    def fill(sets: list[int]) -> None:
+        table.fill(sets)
+        table.save(costs_path)
+
+    approx, _, rounds = surrogate.settle(table, pick, fill)
+    return approx, {
+        "table_fraction": fraction,
+        "sets_computed": int(np.sum(np.asarray(table.known, dtype=bool))),
+        "settle_rounds": rounds,
+        "surrogate_degree": surrogate.DEGREE,
+        "table_s": round(time.time() - t0, 2),
+    }
+
+
 def run_strategy(
     args, table: CostTable, costs_path: Path, lat: LatentSet
 ) -> tuple[dict[od.DecodingOrder, str], dict]:
-    """Candidate orders with their source, and timing/extra info of the strategy."""
+    """Candidate orders with their source, and timing/extra info of the strategy. ``table`` is
+    the exact table, saved to ``costs_path``, or a complete surrogate (never saved)."""
     name = args.strategy if args.strategy != "auto" else strategies.auto_strategy(args.patch)
     strategy = strategies.REGISTRY[name]
     t0 = time.time()
@@ -279,7 +325,8 @@ def run_strategy(
     )
     result = strategy.search(context)
     info = {"strategy": name, **result.info, "search_s": round(time.time() - t0, 2)}
-    table.save(costs_path)
+    if table.oracle is not None:
+        table.save(costs_path)
     return result.found, info
 
 
@@ -414,6 +461,7 @@ def settings_key(args) -> str:
         "train_latents",
         "quality",
         "stages",
+        "table_fraction",
     )
     blob = json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -463,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(
             f"--stages needs the whole cost table, 2^{args.patch**2} rows for patch {args.patch}; use k ≤ 4"
         )
+    if args.table_fraction is not None and args.table_fraction > 1:
+        raise UserError(
+            f"--table-fraction {args.table_fraction:g} is not a fraction of the decoded sets; "
+            "give one in (0, 1]"
+        )
     if (args.storage or args.study) and strategy != "optuna":
         raise UserError("--storage and --study are for --strategy optuna")
     if args.storage:
@@ -503,12 +556,17 @@ def main(argv: list[str] | None = None) -> int:
             table = old
     table = table or CostTable.from_oracle(oracle, meta=meta)
     table.autosave(costs_path)  # greedy and Optuna fill it lazily: an interrupted run resumes
-    found, info = run_strategy(args, table, costs_path, lat)
+    search_table, table_info = table, {}
+    fraction = table_fraction(args)
+    if fraction < 1 and args.patch <= 4 and (strategies.REGISTRY[strategy].full_table or args.stages):
+        search_table, table_info = settled_surrogate(args, table, costs_path, fraction)
+    found, info = run_strategy(args, search_table, costs_path, lat)
+    info.update(table_info)
     schedules = None
-    if args.patch <= 4 and (args.stages or table.complete):
-        fill_resumably(table, costs_path)
+    if args.patch <= 4 and (args.stages or search_table.complete):
+        fill_resumably(search_table, costs_path)
         t1 = time.time()
-        schedules = strategies.frontier(table)
+        schedules = strategies.frontier(search_table)  # picks of a surrogate are exact (settled)
         info["frontier_s"] = round(time.time() - t1, 3)
         if args.stages:
             found.setdefault(schedules[min(args.stages, args.patch**2) - 1][1], "frontier")

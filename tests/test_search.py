@@ -112,6 +112,35 @@ def test_stages_budget_on_3x3(setup, capsys):
     assert df[df["source"].str.contains("frontier")]["order"].tolist() == [best3["order"]]
 
 
+def test_surrogate_table_picks_are_exact_and_near_the_full_tables(setup):
+    """--table-fraction: a fraction of the sets computed, the rest fitted; every schedule reported
+    is rated exactly, never better than the full table's optimum with as many stages."""
+    from orderopt.costs import CostTable
+
+    tmp, common, proxies = setup
+    runs = {}
+    for fraction in ("1", "0.5"):
+        out = tmp / f"fraction{fraction}"
+        base = ["--patch", "3", "--strategy", "dp", *common, "--proxy", str(proxies[3])]
+        assert search.main([*base, "--table-fraction", fraction, "--out", str(out)]) == 0
+        runs[fraction] = out
+    info = json.loads((runs["0.5"] / "manifest.json").read_text())["strategy"]
+    assert info["table_fraction"] == 0.5 and 0 < info["sets_computed"] < 512 and info["settle_rounds"] >= 1
+    exact = CostTable.load(runs["1"] / "costs.npz")
+    assert exact.complete and not CostTable.load(runs["0.5"] / "costs.npz").complete
+    full, part = (pd.read_csv(runs[f] / "frontier.csv") for f in ("1", "0.5"))
+    assert part["stages"].tolist() == list(range(1, 10))
+    for (_, a), (_, b) in zip(part.iterrows(), full.iterrows(), strict=True):
+        rate = exact.bits_per_latent(o.DecodingOrder.parse(a["order"]))
+        assert a["proxy_bits_per_latent"] == pytest.approx(rate, rel=1e-6)  # exact, not fitted
+        assert rate >= b["proxy_bits_per_latent"] - 1e-9
+    df = pd.read_csv(runs["0.5"] / "candidates.csv").set_index("order")
+    for order, row in df[df["source"].str.contains("dp")].iterrows():
+        assert row["proxy_bits_per_latent"] == pytest.approx(
+            exact.bits_per_latent(o.DecodingOrder.parse(order))
+        )
+
+
 @pytest.mark.parametrize("strategy", ["dp", "greedy", "optuna"])
 def test_other_strategies(setup, strategy):
     tmp, common, proxies = setup
@@ -259,6 +288,7 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     [
         (["--patch", "0"], "at least 1"),
         (["--patch", "5", "--stages", "3"], "needs the whole cost table"),
+        (["--table-fraction", "2"], "not a fraction of the decoded sets"),
         (["--model", "m.pt", "--quality", "1"], "not both"),
         (["--quality", "4"], "invalid choice"),
         (["--patch", "5", "--strategy", "dp"], "too large for --strategy dp"),

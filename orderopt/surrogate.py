@@ -1,0 +1,99 @@
+"""Surrogate cost tables: the full 4×4 table from a fraction of its rows.
+
+The exact 4×4 table has 2^16 decoded sets; on a 2-core CPU computing all of them takes half an
+hour. Costs change smoothly with the decoded set, so a multilinear polynomial of low degree in
+"which other positions are decoded", fitted per position on a fraction of the sets, predicts
+the rest closely. The search runs on that complete surrogate; what it picks is then computed
+exactly and the fit redone with it, until the picks are stable (:func:`settle`). Every rate
+reported is exact; only the choice among near-equal schedules can differ from the full table's,
+which ``experiments/bench_cost_table.py`` measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import combinations
+
+import numpy as np
+
+from .costs import CostTable, bitmask
+from .orders import DecodingOrder
+
+DEGREE = 3  # terms up to products of three positions: 576 per position for 4×4
+
+
+def anchor_sets(patch: int, fraction: float, seed: int, ends: int = 2) -> list[int]:
+    """The decoded sets a surrogate table is fitted on: every set within ``ends`` positions of
+    empty or full (they lie on many schedules and anchor the fit) and a seeded random
+    ``fraction`` of the others, in increasing order."""
+    n = patch * patch
+    size = np.array([bin(s).count("1") for s in range(1 << n)])
+    near = (size <= ends) | (size >= n - ends)
+    rng = np.random.default_rng(seed)
+    drawn = rng.random(1 << n) < fraction
+    return np.flatnonzero(near | drawn).tolist()
+
+
+def interaction_features(bits: np.ndarray, degree: int) -> np.ndarray:
+    """The constant and every product of up to ``degree`` distinct columns of a 0/1 matrix
+    (rows: decoded sets, columns: positions): a multilinear polynomial's terms."""
+    cols = [np.ones(len(bits))]
+    for d in range(1, degree + 1):
+        cols += [bits[:, list(c)].prod(1) for c in combinations(range(bits.shape[1]), d)]
+    return np.stack(cols, 1)
+
+
+def surrogate(table: CostTable, degree: int = DEGREE) -> CostTable:
+    """A complete table from a partly filled one: the known rows as they are, every other
+    c(S, q) predicted by a least-squares multilinear polynomial of degree ``degree`` in which
+    other positions S holds, fitted per q on the known rows (:func:`anchor_sets` says which).
+
+    Decoded sets interact weakly beyond a few positions, so a third-degree fit on a
+    sixteenth of the 4×4 sets predicts the rest closely (``results/bench_cost_table.md``);
+    schedules picked on it are then computed exactly (:func:`settle`)."""
+    k, n = table.patch, table.patch**2
+    full = np.array(table.table, dtype=np.float64, copy=True)
+    known = np.asarray(table.known, dtype=bool)
+    sets = np.arange(1 << n)
+    for q in range(n):
+        free = ((sets >> q) & 1) == 0  # sets that leave q to decode
+        others = [p for p in range(n) if p != q]
+        bits = ((sets[free, None] >> np.array(others)) & 1).astype(np.float64)
+        feats = interaction_features(bits, degree)
+        fit = known[free]
+        if fit.sum() < feats.shape[1]:
+            raise ValueError(
+                f"{int(fit.sum())} known sets cannot fit the {feats.shape[1]} terms of a degree-{degree} "
+                f"surrogate of position {q}; fill more of the table"
+            )
+        coef, *_ = np.linalg.lstsq(feats[fit], full[free][fit, q], rcond=None)
+        rows = np.flatnonzero(free)[~fit]
+        full[rows, q] = feats[~fit] @ coef
+    out = CostTable(k, table.num_elements, table.num_pixels, table.z_bits, table=full, meta=table.meta)
+    out.known[:] = True
+    return out
+
+
+def settle(
+    table: CostTable,
+    pick: Callable[[CostTable], Iterable[DecodingOrder]],
+    fill: Callable[[list[int]], None],
+    degree: int = DEGREE,
+    rounds: int = 50,
+) -> tuple[CostTable, list[DecodingOrder], int]:
+    """Pick schedules on the surrogate of ``table``, compute the decoded sets they use that are
+    still missing (``fill``), and fit again, until every picked schedule is known exactly.
+    Returns the last surrogate, its picks and the number of rounds."""
+    k = table.patch
+    for r in range(1, rounds + 1):
+        approx = surrogate(table, degree)
+        picks = list(pick(approx))
+        missing = sorted({bitmask(s, k) for o in picks for s, _ in o.schedule()} - set(known_sets(table)))
+        if not missing:
+            return approx, picks, r
+        fill(missing)
+    raise RuntimeError(f"the surrogate's picks did not settle in {rounds} rounds")
+
+
+def known_sets(table: CostTable) -> list[int]:
+    return np.flatnonzero(np.asarray(table.known, dtype=bool)).tolist()
