@@ -3,7 +3,6 @@
 - :func:`exhaustive`: score every full order (k ≤ 3).
 - :func:`dp`: the exact optimum over full orders, a shortest path through the lattice of
   subsets (dp[S ∪ {q}] = min dp[S] + c(S, q)); needs the whole table (2^{k²} rows).
-- :func:`dp_budget`: the best schedule with at most B stages (several positions per stage).
 - :func:`frontier`: the best schedule for every stage budget T = 1 … k² at once (compiled DP,
   k ≤ 4): the rate–stages frontier.
 - :func:`greedy`: position by position, then pairwise stage swaps until none helps.
@@ -80,41 +79,6 @@ def dp(table: CostTable) -> tuple[DecodingOrder, float]:
         seq.append(q)
         s &= ~(1 << q)
     return _order_from_sequence(seq[::-1], k), float(best[full])
-
-
-def dp_budget(table: CostTable, stages: int) -> tuple[DecodingOrder, float]:
-    """The best schedule of at most ``stages`` stages (groups of positions decoded together).
-
-    Exact: dp over (decoded set, stages used) with every nonempty group of undecoded
-    positions as a step; 3^{k²} transitions per stage, so k ≤ 3.
-    """
-    k = table.patch
-    if k > 3:
-        raise ValueError(f"budgeted schedules are enumerated for k ≤ 3, not {k}")
-    if stages < 1:
-        raise ValueError(f"a schedule needs at least one stage, got {stages}")
-    table.fill()
-    n, full = k * k, (1 << (k * k)) - 1
-    group_cost = {}  # (S, G) -> Σ_{q∈G} c(S, q)
-    best = {0: (0.0, [])}
-    for _ in range(min(stages, n)):
-        nxt = dict(best)
-        for s, (bits, groups) in best.items():
-            rest = full & ~s
-            g = rest
-            while g:
-                key = (s, g)
-                if key not in group_cost:
-                    group_cost[key] = float(sum(table.table[s, q] for q in range(n) if (g >> q) & 1))
-                v = bits + group_cost[key]
-                t = s | g
-                if t not in nxt or v < nxt[t][0]:
-                    nxt[t] = (v, [*groups, g])
-                g = (g - 1) & rest
-        best = nxt
-    bits, groups = best[full]
-    steps = [[q for q in range(n) if (g >> q) & 1] for g in groups]
-    return DecodingOrder.from_sequence(steps, k), bits
 
 
 @numba.njit(cache=True, nogil=True)
