@@ -24,11 +24,12 @@ from outputs import save_results
 from orderopt import data
 from orderopt import orders as od
 from orderopt.context import raster_mask
-from orderopt.costs import bitmask, dedicated_rate
+from orderopt.costs import bitmask
 from orderopt.fit import FitConfig, load_context, measure
 from orderopt.latents import cached_latents, load_latents
 from orderopt.model import SHIPPED, gaussian_bits, load_model
 from orderopt.results import Bootstrap, dedicated_image_bits, gain_pct, interval, resampled_totals
+from orderopt.verify import dedicated_rate
 
 BASELINES = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": None}
 

@@ -14,8 +14,6 @@ Decoded sets are bitmasks over the k² in-patch positions, bit r·k + c for (row
   each further S costs a sum and the small 1×1 tail network at the undecoded positions only.
 - :class:`CostTable` stores the costs (full table or lazily filled), saves and loads them,
   and gives the rate of any order, several positions per stage included.
-- :func:`dedicated_rate` trains the multistage model of one order (or a baseline) and measures
-  its held-out rate: the ground truth that the proxy is checked against.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .context import AnyOrderContext, init_from_proxy, raster_mask
+from .context import AnyOrderContext, raster_mask
 from .files import atomic_write
 from .latents import LatentSet
 from .model import gaussian_bits
@@ -441,52 +439,3 @@ class CostTable:
                 f"cost table {path} cannot be read or is not an orderopt cost table ({err})"
             ) from None
         return t
-
-
-def dedicated_rate(
-    spec: DecodingOrder | str,
-    train: LatentSet,
-    held_out: LatentSet,
-    config,
-    checkpoint: Path | None = None,
-    progress: bool = True,
-    init: AnyOrderContext | None = None,
-    device: str | torch.device = "cpu",
-) -> dict:
-    """Train the dedicated context model of ``spec`` (an order, or ``"autoregressive"``) on
-    ``train`` with ``config`` (a :class:`~orderopt.fit.FitConfig`) and measure ``held_out``.
-
-    Returns :func:`orderopt.fit.measure`'s dict. With ``checkpoint`` the training resumes and
-    the trained model is kept there. With ``init`` (a proxy) training starts from the proxy's
-    weights (:func:`orderopt.context.init_from_proxy`) instead of a random initialisation, and
-    the result also has ``start_bits_per_latent``, the held-out rate before training.
-    """
-    from .fit import build_context, fit_context, measure
-
-    m, c = train.latent_channels, train.hyper_channels
-    torch.manual_seed(config.seed)  # the initial weights too: same seed, same bits
-    if isinstance(spec, DecodingOrder):
-        model, meta = (
-            build_context("multistage", m, c, order=str(spec)),
-            {"kind": "multistage", "order": str(spec)},
-        )
-    elif spec == "autoregressive":
-        model, meta = build_context("autoregressive", m, c), {"kind": "autoregressive"}
-    else:
-        raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
-    meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
-    if init is not None:
-        init_from_proxy(model, init)  # on the CPU, where the proxy was loaded
-    start = measure(model.to(device), held_out)["bits_per_latent"] if init is not None else None
-    fit_context(
-        model,
-        train,
-        config,
-        checkpoint=checkpoint,
-        meta=meta,
-        progress=progress,
-        desc=str(spec),
-        device=device,
-    )
-    out = measure(model, held_out)
-    return out if start is None else {**out, "start_bits_per_latent": start}

@@ -221,3 +221,25 @@ def frontier_rows(
         for t, order, bits in schedules
     ]
     return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
+
+
+def rank_correlations(df: pd.DataFrame) -> dict:
+    """Spearman and Kendall of proxy against dedicated rates over the rows that have both, and
+    (``orders_only``) over the multistage orders alone, without the far-apart baselines."""
+    from scipy import stats
+
+    def corr(d: pd.DataFrame) -> dict:
+        if len(d) < 3:
+            return {"n": int(len(d))}
+        sp = stats.spearmanr(d["proxy_bits_per_latent"], d["dedicated_bits_per_latent"])
+        kt = stats.kendalltau(d["proxy_bits_per_latent"], d["dedicated_bits_per_latent"])
+        return {
+            "n": int(len(d)),
+            "spearman": float(sp.statistic),
+            "spearman_p": float(sp.pvalue),
+            "kendall": float(kt.statistic),
+            "kendall_p": float(kt.pvalue),
+        }
+
+    both = df.dropna(subset=["proxy_bits_per_latent", "dedicated_bits_per_latent"])
+    return {**corr(both), "orders_only": corr(both[both["source"] != "baseline"])}

@@ -18,7 +18,11 @@ Writes a run directory with
   proxy_bits_per_latent, bpp, gain_vs_checkerboard_pct, gain_vs_autoregressive_pct`` (proxy
   rates; :func:`orderopt.strategies.frontier`). ``--stages T`` also adds the best schedule
   within T stages to the candidates (source ``frontier``) and prints it.
-- ``costs.npz``: the cost table c(S, q) (see :class:`orderopt.costs.CostTable`).
+- ``costs.npz``: the cost table c(S, q) (see :class:`orderopt.costs.CostTable`): every row
+  the run computed exactly. For k = 4 the DP and the frontier run by default on a surrogate
+  (``--table-fraction``, :mod:`orderopt.surrogate`): a sixteenth of the 2^16 decoded sets
+  computed, the rest fitted, and every schedule they pick computed exactly until the picks
+  settle, so that every rate in the files is exact; ``--table-fraction 1`` computes them all.
 - ``manifest.json``: arguments, model hash, images, seeds, package versions, device,
   timings; with ``--verify``: ``rank_correlation`` (Spearman and Kendall of proxy against
   dedicated rates over every verified row, and ``orders_only`` without the baselines) and
@@ -38,31 +42,35 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from . import data, strategies, surrogate
 from . import orders as od
-from .costs import CostTable, ProxyOracle, bitmask, dedicated_rate
+from .costs import CostTable, ProxyOracle, bitmask
 from .devices import add_device_option, device_name, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .files import atomic_write, check_writable, write_json
-from .fit import FitConfig, load_context, measure
+from .fit import load_context
 from .latents import LatentSet, cached_latents, load_latents
 from .model import DEFAULT_QUALITY, add_model_options, check_model_options, load_model, shipped_weights
-from .results import Bootstrap, LatentTotals, choose_basis, dedicated_image_bits, frontier_rows
+from .results import (
+    Bootstrap,
+    LatentTotals,
+    choose_basis,
+    dedicated_image_bits,
+    frontier_rows,
+    rank_correlations,
+)
 from .results import build_rows as results_table
+from .verify import dedicated_objective, shipped_autoregressive, verify
 
 STRATEGIES = ("auto", *strategies.REGISTRY)
 PROBE_SUBSETS = 32  # decoded sets timed before a full cost table is filled
@@ -328,42 +336,6 @@ def run_strategy(
     if table.oracle is not None:
         table.save(costs_path)
     return result.found, info
-
-
-def training_latents(args) -> tuple[LatentSet, Path]:
-    """The training latents of dedicated models, and the file they are in."""
-    if args.train_latents:
-        return load_latents(args.train_latents), Path(args.train_latents)
-    if not args.train_images:
-        raise UserError(
-            "--verify and --objective dedicated need --train-images DIR (or --train-latents FILE)"
-        )
-    model, meta = load_model(args.model, args.quality)
-    return cached_latents(model, meta["hash"], data.load_images(args.train_images), args.cache_dir)
-
-
-def verify_config(args) -> FitConfig:
-    """The one training budget of every dedicated model of a run. Fine-tuning from the proxy
-    uses a 10× smaller learning rate by default: at the from-scratch rate, Adam's first steps
-    throw away much of what the proxy learnt."""
-    lr = args.verify_lr or (1e-4 if args.verify_init == "proxy" else 1e-3)
-    return FitConfig(steps=args.verify_steps, seed=args.seed, lr=lr)
-
-
-def verify_proxy_path(args) -> str | None:
-    """The proxy dedicated models start from (``--verify-init proxy``), else None."""
-    if args.verify_init != "proxy":
-        return None
-    return str(args.proxy or shipped_weights(f"proxy_k{args.patch}", args.quality))
-
-
-def dedicated_objective(args, lat: LatentSet):
-    """Held-out bits of a dedicated model trained for the order (--verify-steps steps each)."""
-    train = training_latents(args)[0]
-    cfg = verify_config(args)
-    path = verify_proxy_path(args)
-    init = load_context(path)[0] if path else None
-    return lambda order: dedicated_rate(order, train, lat, cfg, progress=False, init=init)["bits"]
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -683,184 +655,6 @@ def check_storage(url: str) -> None:
         strategies.open_storage(url)
     except Exception as err:
         raise UserError(f"cannot open Optuna storage {url!r}: {str(err).splitlines()[0][:200]}") from None
-
-
-def shipped_autoregressive(lat: LatentSet, quality: int | None) -> dict | None:
-    """Held-out rate of the shipped autoregressive model when it belongs to these latents."""
-    path = shipped_weights("autoregressive", quality)
-    if not path.is_file():
-        return None
-    model, meta = load_context(path)
-    if meta.get("model_hash") != lat.model_hash:
-        return None
-    return measure(model, lat)
-
-
-def verify_specs(k: int, found: dict, table: CostTable, n_best: int) -> dict[str, od.DecodingOrder | str]:
-    """What ``--verify N`` trains: the N best candidates by proxy rate, every published order,
-    the worst candidate (so that the verified rates span the range the proxy predicts) and the
-    baselines hyperprior-only, checkerboard and autoregressive."""
-    ranked = sorted(found, key=table.rate)
-    specs: dict[str, od.DecodingOrder | str] = {str(o): o for o in ranked[:n_best]}
-    specs.update({str(o): o for o in od.published_orders(k).values()})
-    if ranked:
-        specs.setdefault(str(ranked[-1]), ranked[-1])
-    specs.update(
-        {
-            "hyperprior": od.hyperprior_only(),
-            "checkerboard": od.checkerboard(),
-            "autoregressive": "autoregressive",
-        }
-    )
-    return specs
-
-
-def dedicated_identity(
-    spec_name: str, cfg: FitConfig, train: LatentSet, held_out: LatentSet, init: str = "scratch"
-) -> dict:
-    """What a dedicated result depends on; a stored result is reused only when all of it matches.
-    ``init`` is ``scratch`` or ``proxy:<proxy hash>``."""
-    return {
-        "spec": spec_name,
-        "init": init,
-        "config": asdict(cfg),
-        "model_hash": train.model_hash,
-        "train_images_hash": train.images_hash,
-        "held_out_images_hash": held_out.images_hash,
-    }
-
-
-def _file_stem(name: str, init: str = "scratch") -> str:
-    """File name of a dedicated model: the order (or baseline), tagged with the proxy it starts
-    from, so that runs with different proxies can share one folder."""
-    stem = name.replace(",", "-").replace(";", "_")
-    return stem if init == "scratch" else f"{stem}.{init.replace(':', '-')}"
-
-
-def init_label(proxy: tuple | None) -> str:
-    return f"proxy:{proxy[1]['hash']}" if proxy else "scratch"
-
-
-_WORKER: dict = {}
-
-
-def _worker_init(train_path: str, held_out_path: str, proxy_path: str | None, device: str) -> None:
-    torch.set_num_threads(1)  # one core per worker: J workers use J cores without oversubscription
-    _WORKER["device"] = torch.device(device)
-    _WORKER["train"] = load_latents(train_path)
-    _WORKER["held_out"] = load_latents(held_out_path)
-    _WORKER["proxy"] = load_context(proxy_path) if proxy_path else None
-
-
-def _worker_train(name: str, cfg: FitConfig, folder: str) -> tuple[str, dict]:
-    w = _WORKER
-    return name, _train_dedicated(
-        name, w["train"], w["held_out"], cfg, Path(folder), False, w["proxy"], w["device"]
-    )
-
-
-def _train_dedicated(
-    name: str,
-    train: LatentSet,
-    held_out: LatentSet,
-    cfg: FitConfig,
-    folder: Path,
-    progress: bool,
-    proxy: tuple | None = None,
-    device: str | torch.device = "cpu",
-) -> dict:
-    named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
-    spec = named[name] if name in named else od.DecodingOrder.parse(name)
-    stem = _file_stem(name, init_label(proxy))
-    t0 = time.time()
-    init = proxy[0] if proxy else None
-    identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy))
-    ckpt = folder / f"{stem}.pt"
-    stamp = folder / f"{stem}.identity.json"  # what the checkpoint was started for
-    if ckpt.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) != identity):
-        ckpt.unlink()  # another training set, proxy or budget: never resume from it
-    write_json(identity, stamp)
-    res = dedicated_rate(spec, train, held_out, cfg, ckpt, progress, init=init, device=device)
-    record = {**identity, **res, "train_s": round(time.time() - t0, 1), "device": str(device)}
-    write_json(record, folder / f"{stem}.json")
-    return record
-
-
-def verify(
-    args,
-    found: dict,
-    table: CostTable,
-    lat: LatentSet,
-    held_out_path: str,
-    out: Path,
-    device: str | torch.device = "cpu",
-) -> dict[str, dict]:
-    """Dedicated models for :func:`verify_specs`, all under one budget (``--verify-steps``,
-    ``--seed``), ``--jobs`` at a time. Each model and result is saved as it finishes, in
-    ``--dedicated-dir`` (default RUN_DIR/dedicated), so a re-run resumes and runs with the same
-    training set and budget (patch 2 and patch 4, say) share their baselines."""
-    train, train_path = training_latents(args)
-    cfg = verify_config(args)
-    folder = Path(args.dedicated_dir or out / "dedicated")
-    folder.mkdir(parents=True, exist_ok=True)
-    proxy_path = verify_proxy_path(args)
-    proxy = load_context(proxy_path) if proxy_path else None
-    results, todo = {}, []
-    for name in verify_specs(args.patch, found, table, args.verify):
-        path = folder / f"{_file_stem(name, init_label(proxy))}.json"
-        if path.is_file():
-            rec = json.loads(path.read_text())
-            rec.setdefault("init", "scratch")  # records written before --verify-init
-            if all(
-                rec.get(k) == v
-                for k, v in dedicated_identity(name, cfg, train, lat, init_label(proxy)).items()
-            ):
-                results[name] = rec
-                continue
-        todo.append(name)
-    if todo:
-        print(
-            f"training {len(todo)} dedicated models ({cfg.steps} steps each, "
-            f"{args.jobs} at a time) in {folder}"
-        )
-    if args.jobs > 1 and len(todo) > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            args.jobs,
-            mp_context=ctx,
-            initializer=_worker_init,
-            initargs=(str(train_path), held_out_path, proxy_path, str(device)),
-        ) as pool:
-            futures = [pool.submit(_worker_train, name, cfg, str(folder)) for name in todo]
-            for fut in tqdm(as_completed(futures), total=len(futures), desc="dedicated", unit="model"):
-                name, rec = fut.result()
-                results[name] = rec
-    else:
-        for name in todo:
-            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy, device)
-    return results
-
-
-def rank_correlations(df: pd.DataFrame) -> dict:
-    """Spearman and Kendall of proxy against dedicated rates over the rows that have both, and
-    (``orders_only``) over the multistage orders alone, without the far-apart baselines."""
-    from scipy import stats
-
-    def corr(d: pd.DataFrame) -> dict:
-        if len(d) < 3:
-            return {"n": int(len(d))}
-        sp = stats.spearmanr(d["proxy_bits_per_latent"], d["dedicated_bits_per_latent"])
-        kt = stats.kendalltau(d["proxy_bits_per_latent"], d["dedicated_bits_per_latent"])
-        return {
-            "n": int(len(d)),
-            "spearman": float(sp.statistic),
-            "spearman_p": float(sp.pvalue),
-            "kendall": float(kt.statistic),
-            "kendall_p": float(kt.pvalue),
-        }
-
-    both = df.dropna(subset=["proxy_bits_per_latent", "dedicated_bits_per_latent"])
-    return {**corr(both), "orders_only": corr(both[both["source"] != "baseline"])}
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ which ``experiments/bench_cost_table.py`` measures.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
+import scipy.linalg
 
 from .costs import CostTable, bitmask
 from .orders import DecodingOrder
@@ -34,13 +36,26 @@ def anchor_sets(patch: int, fraction: float, seed: int, ends: int = 2) -> list[i
     return np.flatnonzero(near | drawn).tolist()
 
 
-def interaction_features(bits: np.ndarray, degree: int) -> np.ndarray:
+def interaction_features(bits: np.ndarray, degree: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:
     """The constant and every product of up to ``degree`` distinct columns of a 0/1 matrix
-    (rows: decoded sets, columns: positions): a multilinear polynomial's terms."""
-    cols = [np.ones(len(bits))]
+    (rows: decoded sets, columns: positions), as float32 (exact for 0/1), with the columns
+    each term multiplies: a multilinear polynomial's terms. Each product of d columns is one
+    of d − 1 columns times one more column, so building them costs one vector product each."""
+    terms: list[tuple[int, ...]] = [()]
+    cols = {(): np.ones(len(bits), np.float32)}
     for d in range(1, degree + 1):
-        cols += [bits[:, list(c)].prod(1) for c in combinations(range(bits.shape[1]), d)]
-    return np.stack(cols, 1)
+        for c in combinations(range(bits.shape[1]), d):
+            cols[c] = cols[c[:-1]] * bits[:, c[-1]].astype(np.float32)
+            terms.append(c)
+    return np.stack([cols[t] for t in terms], 1), terms
+
+
+@lru_cache(maxsize=2)
+def _features(n: int, degree: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """Terms of every decoded set of n positions (all 2^n), shared by all positions q: q's
+    polynomial uses the sets without q and the terms without q."""
+    sets = np.arange(1 << n)
+    return interaction_features((sets[:, None] >> np.arange(n)) & 1, degree)
 
 
 def surrogate(table: CostTable, degree: int = DEGREE) -> CostTable:
@@ -54,21 +69,23 @@ def surrogate(table: CostTable, degree: int = DEGREE) -> CostTable:
     k, n = table.patch, table.patch**2
     full = np.array(table.table, dtype=np.float64, copy=True)
     known = np.asarray(table.known, dtype=bool)
+    feats, terms = _features(n, degree)
     sets = np.arange(1 << n)
     for q in range(n):
         free = ((sets >> q) & 1) == 0  # sets that leave q to decode
-        others = [p for p in range(n) if p != q]
-        bits = ((sets[free, None] >> np.array(others)) & 1).astype(np.float64)
-        feats = interaction_features(bits, degree)
-        fit = known[free]
-        if fit.sum() < feats.shape[1]:
+        cols = [i for i, t in enumerate(terms) if q not in t]
+        fit, guess = np.flatnonzero(free & known), np.flatnonzero(free & ~known)
+        if len(fit) < len(cols):
             raise ValueError(
-                f"{int(fit.sum())} known sets cannot fit the {feats.shape[1]} terms of a degree-{degree} "
+                f"{len(fit)} known sets cannot fit the {len(cols)} terms of a degree-{degree} "
                 f"surrogate of position {q}; fill more of the table"
             )
-        coef, *_ = np.linalg.lstsq(feats[fit], full[free][fit, q], rcond=None)
-        rows = np.flatnonzero(free)[~fit]
-        full[rows, q] = feats[~fit] @ coef
+        # QR with column pivoting: a tenth of the time of numpy's SVD-based lstsq at these sizes
+        coef, *_ = scipy.linalg.lstsq(
+            feats[np.ix_(fit, cols)].astype(np.float64), full[fit, q], lapack_driver="gelsy"
+        )
+        if len(guess):
+            full[guess, q] = feats[np.ix_(guess, cols)] @ coef.astype(np.float32)
     out = CostTable(k, table.num_elements, table.num_pixels, table.z_bits, table=full, meta=table.meta)
     out.known[:] = True
     return out

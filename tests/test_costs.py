@@ -6,10 +6,11 @@ import torch
 
 from orderopt import orders as o
 from orderopt.context import AnyOrderContext, MultistageContext, raster_mask
-from orderopt.costs import CostTable, ProxyOracle, bitmask, dedicated_rate
+from orderopt.costs import CostTable, ProxyOracle, bitmask
 from orderopt.fit import FitConfig, fit_context, measure
 from orderopt.latents import LatentEntry, LatentSet
 from orderopt.model import gaussian_bits
+from orderopt.verify import dedicated_rate
 
 from .conftest import DEVICES
 

@@ -9,7 +9,7 @@ import torch
 
 from orderopt import orders as o
 from orderopt import search, train
-from orderopt.results import COLUMNS, FRONTIER_COLUMNS
+from orderopt.results import COLUMNS, FRONTIER_COLUMNS, rank_correlations
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     assert len(have) >= 5 and len(have) < len(df) and (df["basis"] == "proxy").all()
     rc = json.loads((out / "manifest.json").read_text())["rank_correlation"]
     assert rc["n"] == len(df.dropna(subset=["dedicated_bits_per_latent", "proxy_bits_per_latent"]))
-    expected = search.rank_correlations(df)  # the manifest holds the table's (CSV rounds to 6 digits)
+    expected = rank_correlations(df)  # the manifest holds the table's (CSV rounds to 6 digits)
     for got, want in ((rc, expected), (rc["orders_only"], expected["orders_only"])):
         flat = {k: v for k, v in want.items() if k != "orders_only"}
         assert {k: got[k] for k in flat} == pytest.approx(flat, rel=1e-4, nan_ok=True)
@@ -410,7 +410,7 @@ def test_rank_correlations_golden():
             "source": ["baseline", "dp", "dp", "dp", "dp"],
         }
     )
-    rc = search.rank_correlations(df)
+    rc = rank_correlations(df)
     assert rc["n"] == 4 and rc["spearman"] == pytest.approx(0.8) and rc["kendall"] == pytest.approx(2 / 3)
     assert rc["orders_only"]["n"] == 3
     assert rc["orders_only"]["spearman"] == pytest.approx(0.5)

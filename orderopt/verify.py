@@ -1,0 +1,269 @@
+"""Dedicated models: the ground truth the proxy's ranking is checked against.
+
+A dedicated model is the multistage context model of one order (or a baseline) trained on
+training latents and measured on the held-out ones. ``search --verify N`` trains one for the N
+best candidates, every published order, the worst candidate and every baseline, all under one
+budget, ``--jobs`` at a time, each saved as it finishes so that a re-run resumes and runs that
+share a training set and budget share their models (:func:`verify`).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import data
+from . import orders as od
+from .context import AnyOrderContext, init_from_proxy
+from .costs import CostTable
+from .errors import UserError
+from .files import write_json
+from .fit import FitConfig, build_context, fit_context, load_context, measure
+from .latents import LatentSet, cached_latents, load_latents
+from .model import load_model, shipped_weights
+
+
+def dedicated_rate(
+    spec: od.DecodingOrder | str,
+    train: LatentSet,
+    held_out: LatentSet,
+    config,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+    init: AnyOrderContext | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Train the dedicated context model of ``spec`` (an order, or ``"autoregressive"``) on
+    ``train`` with ``config`` (a :class:`~orderopt.fit.FitConfig`) and measure ``held_out``.
+
+    Returns :func:`orderopt.fit.measure`'s dict. With ``checkpoint`` the training resumes and
+    the trained model is kept there. With ``init`` (a proxy) training starts from the proxy's
+    weights (:func:`orderopt.context.init_from_proxy`) instead of a random initialisation, and
+    the result also has ``start_bits_per_latent``, the held-out rate before training.
+    """
+    m, c = train.latent_channels, train.hyper_channels
+    torch.manual_seed(config.seed)  # the initial weights too: same seed, same bits
+    if isinstance(spec, od.DecodingOrder):
+        model, meta = (
+            build_context("multistage", m, c, order=str(spec)),
+            {"kind": "multistage", "order": str(spec)},
+        )
+    elif spec == "autoregressive":
+        model, meta = build_context("autoregressive", m, c), {"kind": "autoregressive"}
+    else:
+        raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
+    meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
+    if init is not None:
+        init_from_proxy(model, init)  # on the CPU, where the proxy was loaded
+    start = measure(model.to(device), held_out)["bits_per_latent"] if init is not None else None
+    fit_context(
+        model,
+        train,
+        config,
+        checkpoint=checkpoint,
+        meta=meta,
+        progress=progress,
+        desc=str(spec),
+        device=device,
+    )
+    out = measure(model, held_out)
+    return out if start is None else {**out, "start_bits_per_latent": start}
+
+
+def training_latents(args) -> tuple[LatentSet, Path]:
+    """The training latents of dedicated models, and the file they are in."""
+    if args.train_latents:
+        return load_latents(args.train_latents), Path(args.train_latents)
+    if not args.train_images:
+        raise UserError(
+            "--verify and --objective dedicated need --train-images DIR (or --train-latents FILE)"
+        )
+    model, meta = load_model(args.model, args.quality)
+    return cached_latents(model, meta["hash"], data.load_images(args.train_images), args.cache_dir)
+
+
+def verify_config(args) -> FitConfig:
+    """The one training budget of every dedicated model of a run. Fine-tuning from the proxy
+    uses a 10× smaller learning rate by default: at the from-scratch rate, Adam's first steps
+    throw away much of what the proxy learnt."""
+    lr = args.verify_lr or (1e-4 if args.verify_init == "proxy" else 1e-3)
+    return FitConfig(steps=args.verify_steps, seed=args.seed, lr=lr)
+
+
+def verify_proxy_path(args) -> str | None:
+    """The proxy dedicated models start from (``--verify-init proxy``), else None."""
+    if args.verify_init != "proxy":
+        return None
+    return str(args.proxy or shipped_weights(f"proxy_k{args.patch}", args.quality))
+
+
+def dedicated_objective(args, lat: LatentSet):
+    """Held-out bits of a dedicated model trained for the order (--verify-steps steps each)."""
+    train = training_latents(args)[0]
+    cfg = verify_config(args)
+    path = verify_proxy_path(args)
+    init = load_context(path)[0] if path else None
+    return lambda order: dedicated_rate(order, train, lat, cfg, progress=False, init=init)["bits"]
+
+
+def shipped_autoregressive(lat: LatentSet, quality: int | None) -> dict | None:
+    """Held-out rate of the shipped autoregressive model when it belongs to these latents."""
+    path = shipped_weights("autoregressive", quality)
+    if not path.is_file():
+        return None
+    model, meta = load_context(path)
+    if meta.get("model_hash") != lat.model_hash:
+        return None
+    return measure(model, lat)
+
+
+def verify_specs(k: int, found: dict, table: CostTable, n_best: int) -> dict[str, od.DecodingOrder | str]:
+    """What ``--verify N`` trains: the N best candidates by proxy rate, every published order,
+    the worst candidate (so that the verified rates span the range the proxy predicts) and the
+    baselines hyperprior-only, checkerboard and autoregressive."""
+    ranked = sorted(found, key=table.rate)
+    specs: dict[str, od.DecodingOrder | str] = {str(o): o for o in ranked[:n_best]}
+    specs.update({str(o): o for o in od.published_orders(k).values()})
+    if ranked:
+        specs.setdefault(str(ranked[-1]), ranked[-1])
+    specs.update(
+        {
+            "hyperprior": od.hyperprior_only(),
+            "checkerboard": od.checkerboard(),
+            "autoregressive": "autoregressive",
+        }
+    )
+    return specs
+
+
+def dedicated_identity(
+    spec_name: str, cfg: FitConfig, train: LatentSet, held_out: LatentSet, init: str = "scratch"
+) -> dict:
+    """What a dedicated result depends on; a stored result is reused only when all of it matches.
+    ``init`` is ``scratch`` or ``proxy:<proxy hash>``."""
+    return {
+        "spec": spec_name,
+        "init": init,
+        "config": asdict(cfg),
+        "model_hash": train.model_hash,
+        "train_images_hash": train.images_hash,
+        "held_out_images_hash": held_out.images_hash,
+    }
+
+
+def _file_stem(name: str, init: str = "scratch") -> str:
+    """File name of a dedicated model: the order (or baseline), tagged with the proxy it starts
+    from, so that runs with different proxies can share one folder."""
+    stem = name.replace(",", "-").replace(";", "_")
+    return stem if init == "scratch" else f"{stem}.{init.replace(':', '-')}"
+
+
+def init_label(proxy: tuple | None) -> str:
+    return f"proxy:{proxy[1]['hash']}" if proxy else "scratch"
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(train_path: str, held_out_path: str, proxy_path: str | None, device: str) -> None:
+    torch.set_num_threads(1)  # one core per worker: J workers use J cores without oversubscription
+    _WORKER["device"] = torch.device(device)
+    _WORKER["train"] = load_latents(train_path)
+    _WORKER["held_out"] = load_latents(held_out_path)
+    _WORKER["proxy"] = load_context(proxy_path) if proxy_path else None
+
+
+def _worker_train(name: str, cfg: FitConfig, folder: str) -> tuple[str, dict]:
+    w = _WORKER
+    return name, _train_dedicated(
+        name, w["train"], w["held_out"], cfg, Path(folder), False, w["proxy"], w["device"]
+    )
+
+
+def _train_dedicated(
+    name: str,
+    train: LatentSet,
+    held_out: LatentSet,
+    cfg: FitConfig,
+    folder: Path,
+    progress: bool,
+    proxy: tuple | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
+    spec = named[name] if name in named else od.DecodingOrder.parse(name)
+    stem = _file_stem(name, init_label(proxy))
+    t0 = time.time()
+    init = proxy[0] if proxy else None
+    identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy))
+    ckpt = folder / f"{stem}.pt"
+    stamp = folder / f"{stem}.identity.json"  # what the checkpoint was started for
+    if ckpt.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) != identity):
+        ckpt.unlink()  # another training set, proxy or budget: never resume from it
+    write_json(identity, stamp)
+    res = dedicated_rate(spec, train, held_out, cfg, ckpt, progress, init=init, device=device)
+    record = {**identity, **res, "train_s": round(time.time() - t0, 1), "device": str(device)}
+    write_json(record, folder / f"{stem}.json")
+    return record
+
+
+def verify(
+    args,
+    found: dict,
+    table: CostTable,
+    lat: LatentSet,
+    held_out_path: str,
+    out: Path,
+    device: str | torch.device = "cpu",
+) -> dict[str, dict]:
+    """Dedicated models for :func:`verify_specs`, all under one budget (``--verify-steps``,
+    ``--seed``), ``--jobs`` at a time. Each model and result is saved as it finishes, in
+    ``--dedicated-dir`` (default RUN_DIR/dedicated), so a re-run resumes and runs with the same
+    training set and budget (patch 2 and patch 4, say) share their baselines."""
+    train, train_path = training_latents(args)
+    cfg = verify_config(args)
+    folder = Path(args.dedicated_dir or out / "dedicated")
+    folder.mkdir(parents=True, exist_ok=True)
+    proxy_path = verify_proxy_path(args)
+    proxy = load_context(proxy_path) if proxy_path else None
+    results, todo = {}, []
+    for name in verify_specs(args.patch, found, table, args.verify):
+        path = folder / f"{_file_stem(name, init_label(proxy))}.json"
+        if path.is_file():
+            rec = json.loads(path.read_text())
+            rec.setdefault("init", "scratch")  # records written before --verify-init
+            if all(
+                rec.get(k) == v
+                for k, v in dedicated_identity(name, cfg, train, lat, init_label(proxy)).items()
+            ):
+                results[name] = rec
+                continue
+        todo.append(name)
+    if todo:
+        print(
+            f"training {len(todo)} dedicated models ({cfg.steps} steps each, "
+            f"{args.jobs} at a time) in {folder}"
+        )
+    if args.jobs > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.jobs,
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(str(train_path), held_out_path, proxy_path, str(device)),
+        ) as pool:
+            futures = [pool.submit(_worker_train, name, cfg, str(folder)) for name in todo]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="dedicated", unit="model"):
+                name, rec = fut.result()
+                results[name] = rec
+    else:
+        for name in todo:
+            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy, device)
+    return results
