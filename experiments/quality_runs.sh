@@ -11,8 +11,7 @@ WIKI=${1:-../shared/datasets/wikiphotos}
 for q in 2 1 3; do
   suffix=$([ "$q" = 2 ] && echo "" || echo "-q$q")
   python -m orderopt.search --quality "$q" --patch 2 --out "results/search-patch2$suffix" --force
-  python -m orderopt.search --quality "$q" --patch 4 --strategy greedy --random 50 \
-    --out "results/search-patch4$suffix" --force
+  python -m orderopt.search --quality "$q" --patch 4 --random 50 --out "results/search-patch4$suffix" --force
 done
 python -m orderopt.search --patch 2 --images "$WIKI" --out results/search-patch2-wikiphotos --force
 python experiments/bd_rate_contexts.py \

@@ -5,7 +5,7 @@
 #   bash experiments/verify_search.sh proxy    # fine-tuned from the proxy, 1,000 steps (~25 + ~70 min)
 #   bash experiments/verify_search.sh scratch  # from random weights, 1,500 steps (~35 + ~75 min)
 # 4x4 models fine-tuned for 1,000 steps specialise to BSDS500 and lose rate on the photographs
-# (results/finetune_probe_patch4.md): verify 4x4 held out on BSDS500 val (below).
+# (retired fine-tuning probe, results/retired.md): verify 4x4 held out on BSDS500 val (below).
 # on 2 CPU cores (--jobs 2). Runs of one protocol share one folder of dedicated models, so
 # the 2x2 run's baselines are reused by the 4x4 run where the proxy allows (from scratch).
 # Resumable: re-run after an interruption.

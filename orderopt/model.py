@@ -217,7 +217,7 @@ class HyperpriorCodec(nn.Module):
     @torch.no_grad()
     def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
         """g_s(ŷ) clamped to [0, 1], always computed channels-last (faster on the CPU than the
-        default layout: results/synthesis_layout.md), whatever ŷ's layout: the two
+        default layout: results/retired.md), whatever ŷ's layout: the two
         round differently, and every decoder of ŷ must reconstruct the same pixels. A copy, not
         ``contiguous``: oneDNN picks its kernels by the exact strides, even a lone batch's."""
         return self.g_s(y_hat.clone(memory_format=torch.channels_last)).clamp_(0, 1)

@@ -6,7 +6,7 @@ symbol is coded as the residual r = ŷ − round(μ) under one of S×D precomput
 tables, chosen by σ (S levels, log-spaced) and by the mean's offset μ − round(μ) (D bins).
 Table choice, residuals and rANS all run in one numba-compiled loop per call, so a decoding
 stage costs one call whatever its number of tables (a pure-Python grouping by table pays a
-call per group; experiments/tabulated_coder_probe.py measured that).
+call per group; a retired probe measured that: results/retired.md).
 
 Format: 64-bit rANS state, 32-bit words, 16-bit probabilities. A table covers
 r ∈ [−R, R] with R about ``TAIL`` σ, plus an escape symbol; an escaped residual follows as

@@ -88,6 +88,12 @@ class Run:
                 raise UserError(f"{frontier} is damaged ({err}); run its search again") from None
             if list(self.frontier.columns) != FRONTIER_COLUMNS:
                 raise UserError(f"{frontier} has unexpected columns; run its search again")
+        fraction = float(self.manifest.get("strategy", {}).get("table_fraction", 1.0))
+        # How the frontier's schedules were chosen: over the exact table, or on a surrogate of a
+        # fraction of it (the rates are exact either way).
+        self.frontier_kind = (
+            "exact" if fraction >= 1 else f"picked on a surrogate of {fraction:.3g} of the table, rates exact"
+        )
 
     @property
     def orders(self) -> pd.DataFrame:
@@ -300,7 +306,12 @@ def fig_tradeoff(runs: list[Run], path: Path) -> None:
         fr = run.frontier
         if fr is not None and np.isfinite(fr[col]).all():
             ax.step(
-                fr["stages"], fr[col], where="post", color="0.4", lw=1.2, label="exact frontier (proxy rates)"
+                fr["stages"],
+                fr[col],
+                where="post",
+                color="0.4",
+                lw=1.2,
+                label=f"frontier ({run.frontier_kind}; proxy rates)",
             )
         for i, (r, x, name) in enumerate(pts):
             frame = pd.DataFrame([r])
@@ -501,7 +512,8 @@ def frontier_rows(run: Run) -> list[str]:
     if fr is None:
         return []
     lines = [
-        f"Best schedule within T stages (exact, {run.patch}×{run.patch}, proxy rates; `frontier.csv`):",
+        f"Best schedule within T stages ({run.frontier_kind}, {run.patch}×{run.patch}, proxy rates; "
+        "`frontier.csv`):",
         "",
         "| T | schedule | bpp | vs checkerboard | vs autoregressive |",
         "|---|---|---|---|---|",

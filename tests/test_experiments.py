@@ -1,4 +1,5 @@
-"""Known-answer tests of the measurement helpers of experiments/ (BD-rate, ΔPSNR at equal bpp)."""
+"""Known-answer tests of the measurement helpers of experiments/ (BD-rate, ΔPSNR at equal bpp,
+the cost-table benchmark's row-level table)."""
 
 import sys
 from pathlib import Path
@@ -37,3 +38,29 @@ def test_bootstrap_interval_of_a_constant_is_a_point():
     lo, hi = bvc.bootstrap_ci([1.5] * 10)
     assert lo == hi == 1.5
     assert all(np.isnan(bvc.bootstrap_ci([1.0])))
+
+
+def test_cost_table_bench_rows_sum_to_the_oracles_table(tmp_path):
+    """bench_cost_table's row-level table (cached per position) sums to the oracle's costs,
+    and its row sampling is stratified per image and weighted to the full count."""
+    import bench_cost_table as bct
+    import torch
+
+    from orderopt.context import AnyOrderContext
+    from orderopt.costs import ProxyOracle
+
+    from .test_costs import CH, M, random_latents
+
+    torch.manual_seed(0)
+    lat = random_latents()
+    oracle = ProxyOracle(AnyOrderContext(2, M, CH).eval(), lat)
+    blocks = bct.row_level(oracle, tmp_path / "rows")
+    again = bct.row_level(oracle, tmp_path / "rows")  # read back from the cache
+    assert all(np.array_equal(a, b) for a, b in zip(blocks, again, strict=True))
+    sizes = [bct.rows_per_image(lat, 2, q) for q in range(4)]
+    assert sizes[0] == [16, 15, 20] and sizes[3] == [16, 12, 15]  # 8×8, 9×6, 7×10 latents
+    table = bct.table_from_rows(blocks, sizes, 2)
+    np.testing.assert_allclose(table, oracle.costs(range(16)), rtol=1e-6)
+    idx, weight = bct.sample_rows([16, 15, 20], 0.5, seed=0)
+    assert [int(((idx >= a) & (idx < b)).sum()) for a, b in ((0, 16), (16, 31), (31, 51))] == [8, 8, 10]
+    assert weight[idx].sum() == pytest.approx(51)
