@@ -309,11 +309,10 @@ def settled_surrogate(args, table: CostTable, costs_path: Path, fraction: float)
 
 
 def run_strategy(
-    args, table: CostTable, costs_path: Path, lat: LatentSet
+    args, name: str, table: CostTable, costs_path: Path, lat: LatentSet
 ) -> tuple[dict[od.DecodingOrder, str], dict]:
     """Candidate orders with their source, and timing/extra info of the strategy. ``table`` is
     the exact table, saved to ``costs_path``, or a complete surrogate (never saved)."""
-    name = args.strategy if args.strategy != "auto" else strategies.auto_strategy(args.patch)
     strategy = strategies.REGISTRY[name]
     t0 = time.time()
     context = strategies.SearchContext(
@@ -532,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     fraction = table_fraction(args)
     if fraction < 1 and args.patch <= 4 and (strategies.REGISTRY[strategy].full_table or args.stages):
         search_table, table_info = settled_surrogate(args, table, costs_path, fraction)
-    found, info = run_strategy(args, search_table, costs_path, lat)
+    found, info = run_strategy(args, strategy, search_table, costs_path, lat)
     info.update(table_info)
     schedules = None
     if args.patch <= 4 and (args.stages or search_table.complete):
