@@ -1,12 +1,13 @@
-"""Surrogate cost tables: the full 4×4 table from a fraction of its rows.
+"""Surrogate cost tables: the whole 4×4 table from a fraction of its decoded sets.
 
-The exact 4×4 table has 2^16 decoded sets; on a 2-core CPU computing all of them takes half an
-hour. Costs change smoothly with the decoded set, so a multilinear polynomial of low degree in
-"which other positions are decoded", fitted per position on a fraction of the sets, predicts
-the rest closely. The search runs on that complete surrogate; what it picks is then computed
-exactly and the fit redone with it, until the picks are stable (:func:`settle`). Every rate
-reported is exact; only the choice among near-equal schedules can differ from the full table's,
-which ``experiments/bench_cost_table.py`` measures.
+The exact 4×4 table has 2^16 decoded sets, too many to compute quickly on a CPU
+(``results/bench_cost_table.md``). Costs change smoothly with the decoded set, so a
+multilinear polynomial of low degree in "which other positions are decoded", fitted per
+position on a fraction of the sets, predicts the rest closely. The search runs on that
+complete surrogate; what it picks is then computed exactly and the fit redone with it, until
+the picks are stable (:func:`settle`). Every rate reported is exact; only the choice among
+near-equal schedules can differ from the full table's, which
+``experiments/bench_cost_table.py`` measures.
 """
 
 from __future__ import annotations
@@ -96,20 +97,20 @@ def settle(
     pick: Callable[[CostTable], Iterable[DecodingOrder]],
     fill: Callable[[list[int]], None],
     degree: int = DEGREE,
-    rounds: int = 50,
 ) -> tuple[CostTable, list[DecodingOrder], int]:
     """Pick schedules on the surrogate of ``table``, compute the decoded sets they use that are
     still missing (``fill``), and fit again, until every picked schedule is known exactly.
-    Returns the last surrogate, its picks and the number of rounds."""
-    k = table.patch
-    for r in range(1, rounds + 1):
+    Returns the last surrogate, its picks and the number of rounds. It ends: every round but
+    the last computes at least one more set, and a complete table is its own surrogate."""
+    k, rounds = table.patch, 0
+    while True:
+        rounds += 1
         approx = surrogate(table, degree)
         picks = list(pick(approx))
         missing = sorted({bitmask(s, k) for o in picks for s, _ in o.schedule()} - set(known_sets(table)))
         if not missing:
-            return approx, picks, r
+            return approx, picks, rounds
         fill(missing)
-    raise RuntimeError(f"the surrogate's picks did not settle in {rounds} rounds")
 
 
 def known_sets(table: CostTable) -> list[int]:
