@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from orderopt import codec, data
+from orderopt import codec, coders, container, data
 from orderopt import orders as o
 from orderopt.context import AnyOrderContext, AutoregressiveContext, MultistageContext
 from orderopt.devices import torch_device
@@ -84,11 +84,12 @@ def test_round_trips_are_exact(tmp_path, base, image, device):
             image.shape[1:],
         )[0].cpu()
     # (coder, substreams, expected substreams, precision of the context network)
-    coders = [("rans", None, 1, "float32"), ("rans", 3, 3, "float32"), ("gaussian", None, 0, "float32")]
-    coders.append(("rans", None, 1, "bfloat16"))
+    cases = [("rans", None, 1, "float32"), ("rans", 3, 3, "float32"), ("gaussian", None, 0, "float32")]
+    assert {c for c, *_ in cases} == set(coders.REGISTRY)  # every registered coder round-trips
+    cases.append(("rans", None, 1, "bfloat16"))
     for name, (ctx, cmeta), order in contexts(tmp_path):
         ctx.to(device)
-        for coder, substreams, parts, precision in coders:
+        for coder, substreams, parts, precision in cases:
             enc = codec.encode(image, model, meta["hash"], ctx, cmeta, order, coder, substreams, precision)
             dec = codec.decode(enc.stream, model, meta["hash"], ctx, cmeta)
             header, z_words, y_words = codec.unpack(enc.stream)
@@ -109,7 +110,7 @@ def test_streams_of_older_versions_are_refused(tmp_path, base, image, monkeypatc
     model, meta = base
     ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
     header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
-    monkeypatch.setattr(codec, "VERSION", codec.VERSION - 1)
+    monkeypatch.setattr(container, "VERSION", container.VERSION - 1)
     old = codec.pack(header, z_words, y_words)
     monkeypatch.undo()
     with pytest.raises(UserError, match="older orderopt.*encode the image again"):
