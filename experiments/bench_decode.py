@@ -117,7 +117,7 @@ def main() -> None:
                     "height": h,
                     "schedule": key,
                     "precision": precision,
-                    "stages": codec.make_schedule(models[name][0], None, *enc.y_hat.shape[1:]).num_stages,
+                    "stages": models[name][0].schedule(None, *enc.y_hat.shape[1:]).num_stages,
                     "latent_s": best.latent_seconds,
                     "network_s": best.network_seconds,
                     "coding_s": best.coding_seconds,

@@ -21,7 +21,6 @@ The container format and its checks are in :mod:`orderopt.container`.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,14 @@ from pathlib import Path
 import constriction
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import coders, data, rans
 from . import orders as od
 from .container import PRECISIONS, check_header, latents_crc, pack, unpack  # noqa: F401
 from .context import (
-    AnyOrderContext,
-    AutoregressiveContext,
     ContextModel,
-    DecodingState,
-    MultistageContext,
 )
+from .decoding import Schedule
 from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .evaluate import to_uint8
@@ -60,197 +55,6 @@ from .model import (
 CODERS = tuple(coders.REGISTRY)
 
 
-# --- stage schedules -------------------------------------------------------------------------
-class Schedule:
-    """Which latents each stage decodes and their Gaussian parameters given earlier stages."""
-
-    num_stages: int
-    shape: tuple[int, int]  # (H, W) of ŷ
-
-    def params(self, y: torch.Tensor, hyper: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means, scales), each (n_t, M) in float32, of stage t's latents, in :meth:`take`'s
-        order."""
-        raise NotImplementedError
-
-    def take(self, y: torch.Tensor, t: int) -> torch.Tensor:
-        """Stage t's latents of y (1, M, H, W) as rows (n_t, M)."""
-        raise NotImplementedError
-
-    def put(self, y: torch.Tensor, t: int, values: torch.Tensor) -> None:
-        """Write (n_t, M) values of stage t into y, inverse of :meth:`take`."""
-        raise NotImplementedError
-
-    def new_latents(self, channels: int, device: torch.device) -> torch.Tensor:
-        """The zero ŷ (1, M, H, W) that the stages fill in; pass it to :meth:`params`."""
-        return torch.zeros(1, channels, *self.shape, device=device)
-
-
-class OrderSchedule(Schedule):
-    """Stages of a decoding order, with a dedicated multistage model or the any-order proxy,
-    the context network's arithmetic in ``dtype``."""
-
-    def __init__(
-        self, model: ContextModel, order: od.DecodingOrder, height: int, width: int, dtype=torch.float32
-    ):
-        self.order, self.dtype = order, dtype
-        self.num_stages, self.shape = order.num_stages, (height, width)
-        self.positions = [list(order.stage_positions(t)) for t in range(order.num_stages)]
-        if isinstance(model, AnyOrderContext) and dtype != next(model.parameters()).dtype:
-            model = copy.deepcopy(model).to(dtype)  # the proxy is small; a multistage model casts its own
-        self.model = model
-        device = next(model.parameters()).device
-        self.stage = torch.from_numpy(order.stage_map(height, width)).to(device)
-        self._state: tuple[torch.Tensor, object] | None = None  # (hyper, its DecodingState or h's share)
-        k, flat = order.patch, torch.arange(height * width, device=device).view(height, width)
-        # per stage, each position's latents as flat indices into ŷ's H·W grid (take's order)
-        per_position = [[flat[r::k, c::k].reshape(-1) for r, c in p] for p in self.positions]
-        self._index = [torch.cat(f) for f in per_position]
-        self._sizes = [[len(i) for i in f] for f in per_position]  # how put splits a stage
-        self._rows: torch.Tensor | None = None
-
-    def _for(self, hyper: torch.Tensor):
-        """Per image (``hyper``): the multistage model's DecodingState, or the proxy's share of h."""
-        if self._state is None or self._state[0] is not hyper:
-            if isinstance(self.model, MultistageContext):
-                state = DecodingState(self.model, hyper, self.dtype)
-            else:
-                state = self.model.entropy.hyper_in(hyper.to(self.dtype))
-            self._state = (hyper, state)
-        return self._state[1]
-
-    def params(self, y, hyper, t):
-        """Only this stage's latents, per in-patch position: the multistage model's
-        DecodingState, or the proxy's strided convolution given the decoded set."""
-        state = self._for(hyper)
-        if isinstance(state, DecodingState):
-            out = [state.params(r, c) for r, c in self.positions[t]]
-        else:  # the proxy, given the decoded set S_t
-            decoded = (self.stage < t).to(self.dtype)[None, None]
-            y, hyper = y.to(self.dtype), hyper.to(self.dtype)
-            out = self.model.stage_params(y, hyper, decoded, self.positions[t], state)
-            out = [
-                (m.flatten(2).transpose(1, 2).float(), s.flatten(2).transpose(1, 2).float()) for m, s in out
-            ]
-        return torch.cat([m[0] for m, _ in out]), torch.cat([s[0] for _, s in out])
-
-    def take(self, y, t):
-        return y[0].flatten(1).T[self._index[t]]
-
-    def new_latents(self, channels, device):
-        """ŷ stored as rows (H·W, M), so that a stage's values are written as whole rows; the
-        (1, M, H, W) view returned is channels-last."""
-        self._rows = torch.zeros(self.shape[0] * self.shape[1], channels, device=device)
-        return self._rows.view(1, *self.shape, channels).permute(0, 3, 1, 2)
-
-    def put(self, y, t, values):
-        if self._rows is None or y.data_ptr() != self._rows.data_ptr():
-            raise ValueError("OrderSchedule.put needs the latents from its new_latents()")
-        self._rows.index_copy_(0, self._index[t], values)
-        state = self._state[1] if self._state is not None else None
-        if isinstance(state, DecodingState):
-            parts = values.split(self._sizes[t])
-            for (r, c), part in zip(self.positions[t], parts, strict=True):
-                state.put(r, c, part[None])
-
-
-class RasterSchedule(Schedule):
-    """The autoregressive model: one latent position per stage, raster order (H·W stages).
-
-    A serial decoder done properly, so that it does not flatter the multistage models:
-
-    - h's share of the first entropy layer is computed once for all positions;
-    - the masked convolution reads only its causal taps (12 of 25), and ŷ lives inside a
-      zero-padded buffer, so no position pads or convolves;
-    - the rows above a position are decoded before its row starts, so their 10 taps go through
-      the convolution and the first entropy layer for the whole row at once (two matrix
-      products per row); a position then adds its 2 left taps, folded through the first entropy
-      layer into one matrix, and runs the rest of the entropy network: three matrix–vector
-      products, less than half the arithmetic of the plain serial decoder.
-    """
-
-    def __init__(self, model: AutoregressiveContext, height: int, width: int, dtype=torch.float32):
-        if dtype != model.conv.weight.dtype:
-            model = copy.deepcopy(model).to(dtype)
-        self.model, self.h, self.w, self.dtype = model, height, width, dtype
-        self.num_stages, self.shape = height * width, (height, width)
-        self.half = half = model.kernel_size // 2
-        w = model.conv.weight  # (2M, M, K, K), mask A: rows < half, and row half left of centre
-        self.w_above = w[:, :, :half].flatten(1)  # (2M, M·half·K)
-        self.ctx_in = model.entropy.ctx_in.weight[:, :, 0, 0]
-        self.left_in = self.ctx_in @ w[:, :, half, :half].flatten(1)  # (D, M·half)
-        self._padded: torch.Tensor | None = None
-        self._work: torch.Tensor | None = None  # _padded in dtype
-        self._hyper: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._row: tuple[int, torch.Tensor] | None = None  # (i, first-layer pre-activations of row i)
-
-    def new_latents(self, channels, device):
-        half = self.half
-        self._padded = torch.zeros(1, channels, self.h + 2 * half, self.w + 2 * half, device=device)
-        self._work = self._padded if self.dtype == torch.float32 else self._padded.to(self.dtype)
-        self._row = None
-        return self._padded[:, :, half : half + self.h, half : half + self.w]
-
-    def take(self, y, t):
-        i, j = divmod(t, self.w)
-        return y[0, :, i, j][None]
-
-    def put(self, y, t, values):
-        i, j = divmod(t, self.w)
-        y[0, :, i, j] = values[0]
-        if self._work is not self._padded:
-            self._work[0, :, i + self.half, j + self.half] = values[0]
-
-    def _row_pre(self, i: int) -> torch.Tensor:
-        """(W, D): h's share plus the rows above through the convolution and the first entropy
-        layer, for every position of row i (the rows above are decoded when row i starts)."""
-        if self._row is None or self._row[0] != i:
-            k, half = self.model.kernel_size, self.half
-            above = self._work[0, :, i : i + half].unfold(2, k, 1)  # (M, half, W, K)
-            x = above.permute(2, 0, 1, 3).reshape(self.w, -1)  # (W, M·half·K)
-            ctx = F.linear(x, self.w_above, self.model.conv.bias)
-            share = self._hyper[1][i * self.w : (i + 1) * self.w]
-            self._row = (i, torch.addmm(share, ctx, self.ctx_in.t()))
-        return self._row[1]
-
-    def params(self, y, hyper, t):
-        if self._padded is None or y._base is not self._padded:
-            raise ValueError("RasterSchedule.params needs the latents from its new_latents()")
-        if self._hyper is None or self._hyper[0] is not hyper:  # h's share, once per image
-            share = self.model.entropy.hyper_in(hyper.to(self.dtype))
-            self._hyper = (hyper, share[0].flatten(1).T.contiguous())
-            self._row = None
-        i, j = divmod(t, self.w)
-        left = self._work[0, :, i + self.half, j : j + self.half].reshape(-1)
-        m, s = self.model.entropy.tail_rows(torch.addmv(self._row_pre(i)[j], self.left_in, left))
-        return m[None].float(), s[None].float()
-
-
-def make_schedule(
-    model: ContextModel, order: od.DecodingOrder | None, height: int, width: int, dtype=torch.float32
-) -> Schedule:
-    """The stages of ``model`` (and ``order``, for the proxy) on an H×W latent grid, the context
-    network's arithmetic in ``dtype``."""
-    if isinstance(model, AutoregressiveContext):
-        return RasterSchedule(model, height, width, dtype)
-    if isinstance(model, MultistageContext):
-        return OrderSchedule(model, model.order, height, width, dtype)
-    if order is None:
-        raise UserError("coding with the any-order proxy needs --order")
-    if isinstance(model, AnyOrderContext) and model.patch % order.patch:
-        raise UserError(
-            f"order {order} ({order.patch}×{order.patch}) does not tile the proxy's "
-            f"{model.patch}×{model.patch} patch; use a proxy of a multiple of {order.patch}"
-        )
-    return OrderSchedule(model, proxy_order(order, model.patch), height, width, dtype)
-
-
-def proxy_order(order: od.DecodingOrder, patch: int) -> od.DecodingOrder:
-    """The order tiled to the proxy's patch size (a 1×1 or 2×2 order on a 4×4 proxy)."""
-    reps = patch // order.patch
-    return od.DecodingOrder(np.tile(order.stages, (reps, reps)))
-
-
-# --- entropy coding --------------------------------------------------------------------------
 def z_probabilities(model: HyperpriorCodec, lo: int, hi: int) -> np.ndarray:
     """(N, hi−lo+1) probabilities of ẑ = lo..hi per channel under the factorized prior."""
     n = model.N
@@ -331,8 +135,8 @@ def encode(
     a = base.analyze(x)
     y_hat, z_hat, hyper = a.y_hat, a.z_hat, a.hyper
     _, m, h, w = y_hat.shape
-    schedule = make_schedule(context, order, h, w, PRECISIONS[precision])
-    if isinstance(context, AnyOrderContext):
+    schedule = context.schedule(order, h, w, PRECISIONS[precision])
+    if context.takes_order:
         order = schedule.order  # tiled to the proxy's patch, as the decoder rebuilds it
     # symbol ranges of at least two values: the coder's distributions need two symbols
     zlo, ylo = int(z_hat.min()), int(y_hat.min())
@@ -429,7 +233,7 @@ def decode(
     )
     hyper = base.h_s(z_hat)
     order = od.DecodingOrder.parse(header["order"]) if header.get("order") else None
-    schedule = make_schedule(context, order, h, w, PRECISIONS[header["precision"]])
+    schedule = context.schedule(order, h, w, PRECISIONS[header["precision"]])
     if device.type == "cuda":  # kernels run asynchronously: wait for h_s before reading the clock
         torch.cuda.synchronize(device)
     hyper_s = time.perf_counter() - t

@@ -227,7 +227,7 @@ def test_serial_autoregressive_decoder_matches_the_parallel_model(base, image):
     with torch.no_grad():
         a = model.analyze(data.pad_to_multiple(image[None])[0])
         want_m, want_s = ar(a.y_hat, a.hyper)
-        sched = codec.make_schedule(ar, None, *a.y_hat.shape[2:])
+        sched = ar.schedule(None, *a.y_hat.shape[2:])
         y = sched.new_latents(M, torch.device("cpu"))
         for t in range(sched.num_stages):
             means, scales = sched.params(y, a.hyper, t)

@@ -8,12 +8,12 @@ from orderopt import orders as o
 from orderopt.context import (
     AnyOrderContext,
     AutoregressiveContext,
-    DecodingState,
     MultistageContext,
     init_from_proxy,
     raster_mask,
     subset_mask,
 )
+from orderopt.decoding import DecodingState
 
 from .conftest import DEVICES
 
