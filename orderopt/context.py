@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,10 +98,35 @@ class EntropyParameters(nn.Module):
 
 
 class ContextModel(nn.Module):
-    """Base class: ``forward(y_hat, hyper) -> (means, scales)``; ``bits`` gives per-element bits;
-    ``schedule`` gives its decoder's stages."""
+    """Base class: ``forward(y_hat, hyper) -> (means, scales)``; ``bits`` gives per-element bits,
+    ``loss_bits`` what training minimises, ``schedule`` its decoder's stages. Registered by
+    ``kind`` (:data:`KINDS`): :func:`build` makes one from the ``spec`` a checkpoint records, so
+    a new context model is one registered class."""
 
+    kind = ""
     takes_order = False  # whether it decodes any order given to it (the proxy) or its own
+
+    @classmethod
+    def from_spec(cls, latent_channels: int, hyper_channels: int, **spec) -> ContextModel:
+        """A new model of this kind from what :meth:`spec` recorded."""
+        raise NotImplementedError
+
+    def spec(self) -> dict:
+        """What identifies the model besides its channels: its kind, and order or patch."""
+        return {"kind": self.kind}
+
+    def loss_bits(
+        self, y: torch.Tensor, h: torch.Tensor, rng: np.random.Generator, raster_fraction: float = 0.0
+    ) -> torch.Tensor:
+        """Mean bits per latent element of a training batch."""
+        return self.bits(y, h).mean()
+
+    def load_proxy_weights(self, pw: ProxyWeights) -> None:
+        """Take the proxy's weights restricted to this model's masks (:func:`init_from_proxy`)."""
+        raise ValueError(f"cannot initialise a {type(self).__name__} from a proxy")
+
+    def weights_changed(self) -> None:
+        """Drop whatever was derived from the weights (after they were written in place)."""
 
     def bits(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Bits of every element of ŷ (B×M×H×W) under this context model."""
@@ -113,6 +139,32 @@ class ContextModel(nn.Module):
         raise NotImplementedError
 
 
+KINDS: dict[str, type[ContextModel]] = {}
+
+
+def register(cls: type[ContextModel]) -> type[ContextModel]:
+    KINDS[cls.kind] = cls
+    return cls
+
+
+def build(kind: str, latent_channels: int, hyper_channels: int, **spec) -> ContextModel:
+    """A context model by kind (``multistage`` with ``order``, ``autoregressive``, ``anyorder``
+    with ``patch``, or any registered kind)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown context model kind {kind!r}")
+    return KINDS[kind].from_spec(latent_channels, hyper_channels, **spec)
+
+
+def dedicated(spec: DecodingOrder | str, latent_channels: int, hyper_channels: int) -> ContextModel:
+    """The dedicated model of a schedule: the multistage model of an order, or ``"autoregressive"``."""
+    if isinstance(spec, DecodingOrder):
+        return build("multistage", latent_channels, hyper_channels, order=str(spec))
+    if spec == "autoregressive":
+        return build("autoregressive", latent_channels, hyper_channels)
+    raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
+
+
+@register
 class MultistageContext(ContextModel):
     """The multistage context model of one decoding order.
 
@@ -120,6 +172,15 @@ class MultistageContext(ContextModel):
     position q from :meth:`DecodingOrder.kernel_mask`, and one entropy-parameter network
     shared by all stages.
     """
+
+    kind = "multistage"
+
+    @classmethod
+    def from_spec(cls, latent_channels, hyper_channels, order=None, **_):
+        return cls(DecodingOrder.parse(order), latent_channels, hyper_channels)
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "order": str(self.order)}
 
     def __init__(self, order: DecodingOrder, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
         super().__init__()
@@ -246,6 +307,24 @@ class MultistageContext(ContextModel):
     def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.entropy(hyper, self.context(y_hat))
 
+    def weights_changed(self) -> None:
+        self._cache.clear()
+
+    def load_proxy_weights(self, pw: ProxyWeights) -> None:
+        """Each position's mask of the proxy's ŷ weights, its 1_S and position terms as bias
+        (:func:`init_from_proxy`)."""
+        kp, ko = pw.patch, self.order.patch
+        if kp % ko:
+            raise ValueError(f"a {kp}×{kp} proxy cannot initialise a {ko}×{ko} order")
+        for q in range(ko * ko):
+            r, c = divmod(q, ko)
+            mask = self.mask[q, 0, 0]
+            self.weight[q] = pw.y * mask
+            pos = torch.stack(
+                [pw.position_term(rr, cc) for rr in range(r, kp, ko) for cc in range(c, kp, ko)]
+            ).mean(0)
+            self.bias[q] = pw.bias + (pw.mask * mask).sum(dim=(1, 2)) + pos
+
     def schedule(self, order, height, width, dtype=torch.float32) -> Schedule:
         """Its own order's stages (``order`` is ignored: the model is trained for one)."""
         return MultistageSchedule(self, height, width, dtype)
@@ -312,8 +391,15 @@ def raster_mask(kernel_size: int = 5) -> torch.Tensor:
     return mask
 
 
+@register
 class AutoregressiveContext(ContextModel):
     """Serial raster context over all H·W positions (Minnen et al. 2018), 5×5 mask A."""
+
+    kind = "autoregressive"
+
+    @classmethod
+    def from_spec(cls, latent_channels, hyper_channels, **_):
+        return cls(latent_channels, hyper_channels)
 
     def __init__(self, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
         super().__init__()
@@ -328,6 +414,14 @@ class AutoregressiveContext(ContextModel):
 
     def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.entropy(hyper, self.context(y_hat))
+
+    def load_proxy_weights(self, pw: ProxyWeights) -> None:
+        """The proxy's ŷ weights under the raster mask, its 1_S and position terms (averaged
+        over positions) as bias (:func:`init_from_proxy`)."""
+        mask = self.mask[0, 0]
+        self.conv.weight.copy_(pw.y * mask)
+        pos = torch.stack([pw.position_term(r, c) for r in range(pw.patch) for c in range(pw.patch)]).mean(0)
+        self.conv.bias.copy_(pw.bias + (pw.mask * mask).sum(dim=(1, 2)) + pos)
 
     def schedule(self, order, height, width, dtype=torch.float32) -> Schedule:
         """Raster order, one latent position per stage (``order`` is ignored)."""
@@ -426,6 +520,18 @@ def subset_mask(
     return ((s[..., None, None] >> position_map(patch, height, width, device)) & 1).float()
 
 
+def random_subsets(patch: int, batch: int, rng: np.random.Generator) -> list[int]:
+    """Decoded sets S as bitmasks, drawn as the first t positions of a random order with t
+    uniform in 0..k²−1 (so every q ∉ S has a context that some order produces)."""
+    n = patch * patch
+    out = []
+    for _ in range(batch):
+        perm = rng.permutation(n)[: rng.integers(n)]
+        out.append(int(sum(1 << int(p) for p in perm)))
+    return out
+
+
+@register
 class AnyOrderContext(ContextModel):
     """The proxy ("any-order") context model of a k×k patch.
 
@@ -434,7 +540,14 @@ class AnyOrderContext(ContextModel):
     network with h. Decoded set S is a bitmask over the k² in-patch positions (bit r·k + c).
     """
 
-    takes_order = True
+    kind, takes_order = "anyorder", True
+
+    @classmethod
+    def from_spec(cls, latent_channels, hyper_channels, patch=None, **_):
+        return cls(int(patch), latent_channels, hyper_channels)
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "patch": self.patch}
 
     def __init__(self, patch: int, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
         super().__init__()
@@ -514,7 +627,6 @@ class AnyOrderContext(ContextModel):
         mask = subset_mask(subsets, self.patch, h, w, y_hat.device)[:, None].to(y_hat)
         return self.forward_masked(y_hat, hyper, mask)
 
-    @torch.no_grad()
     def schedule(self, order, height, width, dtype=torch.float32) -> Schedule:
         """The stages of any ``order`` whose patch divides the proxy's, tiled to it."""
         if order is None:
@@ -526,6 +638,30 @@ class AnyOrderContext(ContextModel):
             )
         return ProxySchedule(self, proxy_order(order, self.patch), height, width, dtype)
 
+    def loss_bits(self, y, h, rng, raster_fraction=0.0):
+        """Mean bits per latent element over the undecoded latents. The first
+        ``round(raster_fraction · B)`` crops train with the autoregressive context (the raster
+        tap mask at every latent, all latents coded), the rest with random decoded sets of its
+        patch (:func:`random_subsets`)."""
+        n = int(round(raster_fraction * y.shape[0]))
+        if 0 < raster_fraction < 1 and y.shape[0] > 1:  # both kinds in every batch, however small
+            n = min(max(n, 1), y.shape[0] - 1)
+        bits, count = y.new_zeros(()), 0
+        if n:
+            kernel = raster_mask(self.kernel_size).to(y)
+            means, scales = self.forward_kernel(y[:n], h[:n], kernel)
+            bits, count = gaussian_bits(y[:n], means, scales).sum(), y[:n].numel()
+        if n < y.shape[0]:
+            y, h = y[n:], h[n:]
+            subsets = random_subsets(self.patch, y.shape[0], rng)
+            mask = subset_mask(subsets, self.patch, *y.shape[2:], y.device)[:, None]
+            means, scales = self.forward_masked(y, h, mask)
+            todo = 1 - mask
+            bits = bits + (gaussian_bits(y, means, scales) * todo).sum()
+            count = count + todo.sum() * y.shape[1]
+        return bits / count
+
+    @torch.no_grad()
     def decompose(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Split the first pre-activation into a part independent of S and one part per position.
 
@@ -548,8 +684,29 @@ class AnyOrderContext(ContextModel):
         return base, torch.stack(parts)
 
 
+class ProxyWeights:
+    """The proxy's convolution split as a dedicated model uses it: the ŷ weights, the 1_S
+    weights and the one-hot position terms (what :func:`init_from_proxy` folds into biases)."""
+
+    def __init__(self, proxy: AnyOrderContext):
+        self.patch, self.kernel_size = kp, ks = proxy.patch, proxy.kernel_size
+        m = proxy.conv.in_channels - 1 - kp * kp
+        w = proxy.conv.weight  # (2M, M + 1 + kp², K, K)
+        self.y, self.mask, self._pos = w[:, :m], w[:, m], w[:, m + 1 :]
+        self.bias = proxy.conv.bias
+        self._offsets = torch.arange(ks) - ks // 2
+
+    def position_term(self, r: int, c: int) -> torch.Tensor:
+        """Σ over taps of the one-hot weights, for a latent at proxy position (r, c)."""
+        kp, ks = self.patch, self.kernel_size
+        rows = (r + self._offsets) % kp
+        cols = (c + self._offsets) % kp
+        q = rows[:, None] * kp + cols[None, :]  # (K, K) proxy position of every tap
+        return torch.gather(self._pos, 1, q.expand(self._pos.shape[0], 1, ks, ks)).sum(dim=(1, 2, 3))
+
+
 @torch.no_grad()
-def init_from_proxy(model: MultistageContext | AutoregressiveContext, proxy: AnyOrderContext) -> None:
+def init_from_proxy(model: ContextModel, proxy: AnyOrderContext) -> None:
     """Start a dedicated model from the proxy's weights restricted to its masks.
 
     The proxy's convolution is linear in [ŷ ⊙ 1_S, 1_S, one-hot position]. For a multistage
@@ -559,43 +716,11 @@ def init_from_proxy(model: MultistageContext | AutoregressiveContext, proxy: Any
     evaluated along the order (position terms are averaged where the proxy's patch is larger).
     The autoregressive model gets the same with its raster mask, averaged over positions. The
     entropy-parameter network is copied. Fine-tuning from here converges in far fewer steps
-    than from scratch, and models of different orders share one starting point.
+    than from scratch, and models of different orders share one starting point. A model kind
+    takes part by implementing ``load_proxy_weights``.
     """
-    kp, ks = proxy.patch, proxy.kernel_size
-    m = proxy.conv.in_channels - 1 - kp * kp
-    w = proxy.conv.weight  # (2M, M + 1 + kp², K, K)
-    w_y, w_mask, w_pos = w[:, :m], w[:, m], w[:, m + 1 :]
-    half = ks // 2
-    offsets = torch.arange(ks) - half
-
-    def position_term(r: int, c: int) -> torch.Tensor:
-        """Σ over taps of the one-hot weights, for a latent at proxy position (r, c)."""
-        rows = (r + offsets) % kp
-        cols = (c + offsets) % kp
-        q = rows[:, None] * kp + cols[None, :]  # (K, K) proxy position of every tap
-        return torch.gather(w_pos, 1, q.expand(w.shape[0], 1, ks, ks)).sum(dim=(1, 2, 3))
-
-    if model.kernel_size != ks:
+    if model.kernel_size != proxy.kernel_size:
         raise ValueError("the proxy and the dedicated model have different kernel sizes")
-    if isinstance(model, MultistageContext):
-        ko = model.order.patch
-        if kp % ko:
-            raise ValueError(f"a {kp}×{kp} proxy cannot initialise a {ko}×{ko} order")
-        for q in range(ko * ko):
-            r, c = divmod(q, ko)
-            mask = model.mask[q, 0, 0]
-            model.weight[q] = w_y * mask
-            pos = torch.stack(
-                [position_term(rr, cc) for rr in range(r, kp, ko) for cc in range(c, kp, ko)]
-            ).mean(0)
-            model.bias[q] = proxy.conv.bias + (w_mask * mask).sum(dim=(1, 2)) + pos
-    elif isinstance(model, AutoregressiveContext):
-        mask = model.mask[0, 0]
-        model.conv.weight.copy_(w_y * mask)
-        pos = torch.stack([position_term(r, c) for r in range(kp) for c in range(kp)]).mean(0)
-        model.conv.bias.copy_(proxy.conv.bias + (w_mask * mask).sum(dim=(1, 2)) + pos)
-    else:
-        raise ValueError(f"cannot initialise a {type(model).__name__} from a proxy")
+    model.load_proxy_weights(ProxyWeights(proxy))
     model.entropy.load_state_dict(proxy.entropy.state_dict())
-    if isinstance(model, MultistageContext):
-        model._cache.clear()
+    model.weights_changed()

@@ -19,8 +19,7 @@ from . import context as ctxm
 from .errors import UserError
 from .files import load_versioned, save_torch
 from .latents import LatentSet
-from .model import gaussian_bits, state_hash
-from .orders import DecodingOrder
+from .model import state_hash
 
 FORMAT = "orderopt-context"
 VERSION = 1
@@ -42,15 +41,9 @@ class FitConfig:
 def build_context(
     kind: str, latent_channels: int, hyper_channels: int, order: str | None = None, patch: int | None = None
 ) -> ctxm.ContextModel:
-    """A context model by kind: ``multistage`` (with ``order``), ``autoregressive`` or
-    ``anyorder`` (with ``patch``)."""
-    if kind == "multistage":
-        return ctxm.MultistageContext(DecodingOrder.parse(order), latent_channels, hyper_channels)
-    if kind == "autoregressive":
-        return ctxm.AutoregressiveContext(latent_channels, hyper_channels)
-    if kind == "anyorder":
-        return ctxm.AnyOrderContext(int(patch), latent_channels, hyper_channels)
-    raise ValueError(f"unknown context model kind {kind!r}")
+    """A context model by kind (:func:`orderopt.context.build`): ``multistage`` (with ``order``),
+    ``autoregressive`` or ``anyorder`` (with ``patch``)."""
+    return ctxm.build(kind, latent_channels, hyper_channels, order=order, patch=patch)
 
 
 class LatentCrops:
@@ -79,50 +72,6 @@ class LatentCrops:
             ys.append(e.y_hat[:, i : i + self.crop, j : j + self.crop])
             hs.append(e.hyper[:, i : i + self.crop, j : j + self.crop])
         return torch.stack(ys), torch.stack(hs)
-
-
-def random_subsets(patch: int, batch: int, rng: np.random.Generator) -> list[int]:
-    """Decoded sets S as bitmasks, drawn as the first t positions of a random order with t
-    uniform in 0..k²−1 (so every q ∉ S has a context that some order produces)."""
-    n = patch * patch
-    out = []
-    for _ in range(batch):
-        perm = rng.permutation(n)[: rng.integers(n)]
-        out.append(int(sum(1 << int(p) for p in perm)))
-    return out
-
-
-def loss_bits(
-    model: ctxm.ContextModel,
-    y: torch.Tensor,
-    h: torch.Tensor,
-    rng: np.random.Generator,
-    raster_fraction: float = 0.0,
-):
-    """Mean bits per latent element of a batch; for the proxy, over the undecoded latents.
-
-    A proxy trains the first ``round(raster_fraction · B)`` crops with the autoregressive
-    context (the raster tap mask at every latent, all latents coded) and the rest with random
-    decoded sets of its patch."""
-    if isinstance(model, ctxm.AnyOrderContext):
-        n = int(round(raster_fraction * y.shape[0]))
-        if 0 < raster_fraction < 1 and y.shape[0] > 1:  # both kinds in every batch, however small
-            n = min(max(n, 1), y.shape[0] - 1)
-        bits, count = y.new_zeros(()), 0
-        if n:
-            kernel = ctxm.raster_mask(model.kernel_size).to(y)
-            means, scales = model.forward_kernel(y[:n], h[:n], kernel)
-            bits, count = gaussian_bits(y[:n], means, scales).sum(), y[:n].numel()
-        if n < y.shape[0]:
-            y, h = y[n:], h[n:]
-            subsets = random_subsets(model.patch, y.shape[0], rng)
-            mask = ctxm.subset_mask(subsets, model.patch, *y.shape[2:], y.device)[:, None]
-            means, scales = model.forward_masked(y, h, mask)
-            todo = 1 - mask
-            bits = bits + (gaussian_bits(y, means, scales) * todo).sum()
-            count = count + todo.sum() * y.shape[1]
-        return bits / count
-    return model.bits(y, h).mean()
 
 
 def save_context(
@@ -232,7 +181,7 @@ def fit_context(
         for g in opt.param_groups:
             g["lr"] = lr
         y, h = (t.to(device, non_blocking=True) for t in crops.sample(config.batch))
-        loss = loss_bits(model, y, h, rng, config.raster_fraction)
+        loss = model.loss_bits(y, h, rng, config.raster_fraction)
         if not torch.isfinite(loss):  # a saved model must be a usable one
             raise UserError(
                 f"the loss became non-finite at step {step + 1}"

@@ -237,6 +237,7 @@ def latent_set(
 
 def train_context(args: argparse.Namespace) -> int:
     from . import orders
+    from .context import dedicated
     from .costs import CostTable, ProxyOracle
     from .files import write_json
     from .fit import CONTEXT_KEYS, FORMAT, VERSION, FitConfig, build_context, fit_context, measure
@@ -275,14 +276,10 @@ def train_context(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # the initial weights too: same seed, same bits
     if args.proxy:
         model = build_context("anyorder", m, c, patch=args.patch)
-        meta = {"kind": "anyorder", "patch": args.patch, "raster_fraction": args.raster_fraction}
-    elif spec == "autoregressive":
-        model, meta = build_context("autoregressive", m, c), {"kind": "autoregressive"}
+        meta = {**model.spec(), "raster_fraction": args.raster_fraction}
     else:
-        model, meta = (
-            build_context("multistage", m, c, order=str(spec)),
-            {"kind": "multistage", "order": str(spec)},
-        )
+        model = dedicated(spec, m, c)
+        meta = model.spec()
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
     if args.init and not Path(args.out).exists():  # a resumed run continues from its own state
         from .fit import load_context

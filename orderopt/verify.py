@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from . import data
 from . import orders as od
-from .context import AnyOrderContext, init_from_proxy
+from .context import AnyOrderContext, dedicated, init_from_proxy
 from .costs import CostTable
 from .errors import UserError
 from .files import write_json
-from .fit import FitConfig, build_context, fit_context, load_context, measure
+from .fit import FitConfig, fit_context, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
 from .model import load_model, shipped_weights
 
@@ -50,15 +50,8 @@ def dedicated_rate(
     """
     m, c = train.latent_channels, train.hyper_channels
     torch.manual_seed(config.seed)  # the initial weights too: same seed, same bits
-    if isinstance(spec, od.DecodingOrder):
-        model, meta = (
-            build_context("multistage", m, c, order=str(spec)),
-            {"kind": "multistage", "order": str(spec)},
-        )
-    elif spec == "autoregressive":
-        model, meta = build_context("autoregressive", m, c), {"kind": "autoregressive"}
-    else:
-        raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
+    model = dedicated(spec, m, c)
+    meta = model.spec()
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
     if init is not None:
         init_from_proxy(model, init)  # on the CPU, where the proxy was loaded
