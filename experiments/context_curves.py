@@ -53,6 +53,15 @@ SERIES = {
 }
 
 
+def stage_files(folder: Path, stem: str) -> list[Path]:
+    """The records of a model's earlier training stages, first first."""
+    out, i = [], 1
+    while (folder / f"{stem}.stage{i}.json").is_file():
+        out.append(folder / f"{stem}.stage{i}.json")
+        i += 1
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", default="results/context", help="folder of the records (default results/context)")
@@ -78,12 +87,15 @@ def main() -> None:
             rec = json.loads(path.read_text())
             curve = rec.get("held_out_curve", [])
             init = rec.get("init", {}).get("from")
-            earlier = folder / f"{q}_{name}.stage1.json"  # a model trained in two stages: one curve
-            if earlier.is_file():
-                first = json.loads(earlier.read_text())
-                offset = first["held_out_curve"][-1]["step"]
-                curve = first["held_out_curve"] + [{**c, "step": c["step"] + offset} for c in curve]
-                init = first.get("init", {}).get("from")
+            # a model trained in stages (qQ_name.stage1.json, .stage2.json, …, then qQ_name.json):
+            # one curve, each stage's steps after the last
+            stages = [json.loads(p.read_text()) for p in stage_files(folder, f"{q}_{name}")] + [rec]
+            if len(stages) > 1:
+                curve, offset = [], 0
+                for st in stages:
+                    curve += [{**c, "step": c["step"] + offset} for c in st["held_out_curve"]]
+                    offset = curve[-1]["step"]
+                init = stages[0].get("init", {}).get("from")
             for key, label in series:
                 pts = [(c["step"], c[key]) for c in curve if key in c]
                 if not pts:
@@ -109,8 +121,9 @@ def main() -> None:
         "# Held-out learning curves of the shipped context models\n\n"
         "Regenerate: `python experiments/context_curves.py`. The learning rate drops ÷10 for the last 20% "
         "of each model's steps, which gives the last step's drop. Curves start from random weights (q2) or "
-        "from q2's models (q1, q3: `init`; their proxies in two stages of 1,500 steps, the second "
-        "resumed from the first's weights with a fresh optimizer and seed 1); the dashed line is the "
+        "from q2's models (q1, q3: `init`; their proxies in stages of 1,500 steps, each resumed from "
+        "the previous stage's weights with a fresh optimizer and the next seed: two for q1, three for "
+        "q3); the dashed line is the "
         "base model's own entropy model, the rate with no spatial context that every context model has "
         "to beat.\n\n" + "\n".join(base_lines) + "\n\n" + "\n".join(lines) + "\n\n![curves](curves.png)\n"
     )

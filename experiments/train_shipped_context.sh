@@ -17,7 +17,9 @@
 #     --steps 1500 --batch 16 --crop 16 --seed 1 --eval-every 500 --threads 1 \
 #     --init orderopt/weights/qQ/proxy_kK.pt --out checkpoints/context-qQb/proxy_kK.pt
 # (export each to orderopt/weights/qQ/ and copy its .json to results/context/qQ_proxy_kK.json, the
-# first stage's record kept as qQ_proxy_kK.stage1.json)
+# first stage's record kept as qQ_proxy_kK.stage1.json); q3's proxies, still improving, for a
+# third stage the same way with --seed 2, --init from the second stage's export and --out
+# checkpoints/context-q3c/proxy_kK.pt (the second stage's record kept as q3_proxy_kK.stage2.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${1:?usage: train_shipped_context.sh QUALITY [BSDS500_DIR] [STEPS]}

@@ -32,78 +32,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from . import orders as od
-from .costs import CostTable
 from .data import EMBEDDED_NAME
 from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
 from .files import atomic_write
-from .results import BASELINES, COLUMNS, FRONTIER_COLUMNS, Bootstrap, class_comparison
-
-
-class Run:
-    """A finished search run directory: its candidates, cost table and manifest."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise UserError(f"run directory {self.path} does not exist")
-        mf, csv = self.path / "manifest.json", self.path / "candidates.csv"
-        if not mf.is_file() or not csv.is_file():
-            raise UserError(
-                f"{self.path} is not a finished orderopt search run (no manifest.json or "
-                "candidates.csv); run python -m orderopt.search first or let it finish"
-            )
-        try:
-            self.manifest = json.loads(mf.read_text())
-            self.df = pd.read_csv(csv)
-        except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise UserError(f"{self.path} holds damaged run files ({err})") from None
-        if not isinstance(self.manifest, dict):
-            raise UserError(f"{self.path} is not an orderopt search run (its manifest is not a JSON object)")
-        if self.manifest.get("status") != "complete":
-            raise UserError(f"the run in {self.path} did not finish; run the same search again to resume it")
-        if "gain_basis" in self.df.columns:
-            raise UserError(
-                f"{self.path} was written by an older orderopt (mixed rate bases, no intervals); "
-                "run its search again (the command is in its manifest.json)"
-            )
-        if list(self.df.columns) != COLUMNS or "arguments" not in self.manifest:
-            raise UserError(f"{self.path} is not an orderopt search run (unexpected manifest or columns)")
-        args = self.manifest["arguments"]
-        self.patch = int(args["patch"])
-        # held out on --images, --latents (named by the file's stem) or the embedded photographs
-        latents = args.get("latents")
-        self.held_out = args.get("images") or (Path(latents).stem if latents else EMBEDDED_NAME)
-        self.label = (
-            f"{self.path.name} ({self.patch}×{self.patch}, model {self.manifest.get('model_hash', '?')[:8]}, "
-            f"held out: {self.held_out})"
-        )
-        costs = self.path / "costs.npz"
-        self.table = CostTable.load(costs) if costs.is_file() else None
-        frontier = self.path / "frontier.csv"
-        self.frontier = None
-        if frontier.is_file():
-            try:
-                self.frontier = pd.read_csv(frontier)
-            except (pd.errors.ParserError, UnicodeDecodeError) as err:
-                raise UserError(f"{frontier} is damaged ({err}); run its search again") from None
-            if list(self.frontier.columns) != FRONTIER_COLUMNS:
-                raise UserError(f"{frontier} has unexpected columns; run its search again")
-        fraction = float(self.manifest.get("strategy", {}).get("table_fraction", 1.0))
-        # How the frontier's schedules were chosen: over the exact table, or on a surrogate of a
-        # fraction of it (the rates are exact either way).
-        self.frontier_kind = (
-            "exact" if fraction >= 1 else f"picked on a surrogate of {fraction:.3g} of the table, rates exact"
-        )
-
-    @property
-    def orders(self) -> pd.DataFrame:
-        return self.df[~self.df["order"].isin(BASELINES)]
-
-    def baseline(self, name: str) -> pd.Series:
-        return self.df[self.df["order"] == name].iloc[0]
-
-    def paper(self) -> str | None:
-        return str(od.paper_order(self.patch)) if self.patch in (2, 4) else None
+from .results import BASELINES, Bootstrap, Run, class_comparison
 
 
 def latest_run(root: Path = Path("runs")) -> Path:

@@ -12,14 +12,28 @@ Their 95% intervals come from a paired bootstrap over images: each resample draw
 replacement, the same draw for every row, and recomputes every gain from the resampled sums.
 ``distinguishable_from_best`` says whether the paired interval of (R − R_best) excludes 0,
 R_best the rate of the best candidate order (not a baseline).
+
+It also reads and writes a search run's files: the candidate rows of a cost table
+(:func:`candidate_rows`), ``candidates.csv`` and ``frontier.csv`` (:func:`write_csv`,
+:func:`frontier_table`), the console table (:func:`print_table`), and :class:`Run`, the
+reader of a finished run that the report draws from.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from . import orders as od
+from .costs import CostTable
+from .data import EMBEDDED_NAME
+from .errors import UserError
+from .files import atomic_write
+from .latents import LatentSet
 
 COLUMNS = [
     "rank",
@@ -243,3 +257,193 @@ def rank_correlations(df: pd.DataFrame) -> dict:
 
     both = df.dropna(subset=["proxy_bits_per_latent", "dedicated_bits_per_latent"])
     return {**corr(both), "orders_only": corr(both[both["source"] != "baseline"])}
+
+
+# --- a search run's files ---------------------------------------------------------------
+def baseline_orders(k: int) -> dict[str, od.DecodingOrder | None]:
+    """Baselines as k×k orders where they tile a k×k patch (checkerboard needs even k)."""
+    return {
+        "hyperprior": od.DecodingOrder(np.zeros((k, k), dtype=int)),
+        "checkerboard": od.DecodingOrder(np.indices((k, k)).sum(0) % 2) if k % 2 == 0 else None,
+        "autoregressive": None,
+    }
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+def symmetry_class(order: od.DecodingOrder) -> str:
+    return str(order.canonical())
+
+
+def candidate_rows(
+    k: int, table: CostTable, found: dict, lat: LatentSet, dedicated: dict[str, dict], boot: Bootstrap
+) -> pd.DataFrame:
+    """Candidates and baselines, ranked on one basis (:mod:`orderopt.results`)."""
+    candidates: dict[od.DecodingOrder, str] = dict(found)
+    for name, order in od.published_orders(k).items():
+        candidates[order] = name if order not in candidates else f"{candidates[order]}+{name}"
+    rows, proxy_images = [], {}
+    for order, source in candidates.items():
+        rows.append(
+            {
+                "order": str(order),
+                "stages": order.num_stages,
+                "symmetry_class": symmetry_class(order),
+                "source": source,
+                "proxy_bits_per_latent": table.bits_per_latent(order),
+            }
+        )
+        proxy_images[str(order)] = table.image_rates(order)
+    hw = int(np.mean([e.y_hat.shape[1] * e.y_hat.shape[2] for e in lat.entries]))
+    for name, order in baseline_orders(k).items():
+        if order is not None:
+            bpl = table.bits_per_latent(order)
+            proxy_images[name] = table.image_rates(order)
+        elif name == "autoregressive" and table.raster_image_bits is not None:
+            bpl = float(table.raster_image_bits.sum()) / table.num_elements
+            proxy_images[name] = table.raster_image_bits
+        else:
+            bpl = np.nan
+        rows.append(
+            {
+                "order": name,
+                "stages": {"hyperprior": 1, "checkerboard": 2}.get(name, hw),
+                "symmetry_class": str(order) if order is not None else "raster over all latents",
+                "source": "baseline",
+                "proxy_bits_per_latent": bpl,
+            }
+        )
+    for r in rows:
+        r["dedicated_bits_per_latent"] = dedicated.get(r["order"], {}).get("bits_per_latent", np.nan)
+    basis = choose_basis(rows)
+    if basis == "proxy":
+        per_image = proxy_images
+    else:  # each dedicated model's bits per image, from its bpp of ŷ
+        pixels = {e.name: e.num_pixels for e in lat.entries}
+        per_image = {
+            name: dedicated_image_bits(rec, pixels)
+            for name, rec in dedicated.items()
+            if len(rec.get("images", [])) == len(lat)
+        }
+    totals = LatentTotals(table.num_elements, table.num_pixels, table.z_bits)
+    return build_rows(rows, per_image, basis, totals, boot)
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
+
+
+def print_table(df: pd.DataFrame, limit: int = 12) -> None:
+    """The best ``limit`` candidates and every baseline, in rank order, gains with intervals."""
+    keep = (df["source"] == "baseline") | (df.index.isin(df[df["source"] != "baseline"].index[:limit]))
+    show = df[keep]
+
+    def gain(r: pd.Series, b: str) -> str:
+        g = r[f"gain_vs_{b}_pct"]
+        if not np.isfinite(g):
+            return "-"
+        lo, hi = r[f"gain_vs_{b}_ci_low"], r[f"gain_vs_{b}_ci_high"]
+        return f"{g:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else "")
+
+    table = pd.DataFrame(
+        {
+            "rank": show["rank"],
+            "order": show["order"],
+            "stages": show["stages"],
+            "source": show["source"],
+            "bpp": show["bpp"].map(lambda v: f"{v:.4f}" if np.isfinite(v) else "-"),
+            "vs checkerboard % [95% CI]": [gain(r, "checkerboard") for _, r in show.iterrows()],
+            "vs autoregressive % [95% CI]": [gain(r, "autoregressive") for _, r in show.iterrows()],
+            "differs from best": show["distinguishable_from_best"].map({True: "yes", False: "no"}),
+        }
+    )
+    basis = df["basis"].iloc[0] if len(df) else "proxy"
+    print(f"rates on the {basis} basis; intervals: paired bootstrap over the images")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(index=False))
+    hidden = len(df) - len(show)
+    if hidden:
+        print(f"({hidden} more candidates in candidates.csv)")
+
+
+def frontier_table(k: int, table: CostTable, schedules) -> pd.DataFrame:
+    """frontier.csv's rows, with the gains against checkerboard (even k) and autoregressive
+    (when the proxy rates it) on the same proxy."""
+    board = baseline_orders(k)["checkerboard"]
+    raster = table.raster_image_bits
+    return frontier_rows(
+        schedules,
+        table.num_elements,
+        table.num_pixels,
+        table.z_bits,
+        None if board is None else table.rate(board),
+        None if raster is None else float(raster.sum()),
+    )
+
+
+class Run:
+    """A finished search run directory: its candidates, cost table and manifest."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise UserError(f"run directory {self.path} does not exist")
+        mf, csv = self.path / "manifest.json", self.path / "candidates.csv"
+        if not mf.is_file() or not csv.is_file():
+            raise UserError(
+                f"{self.path} is not a finished orderopt search run (no manifest.json or "
+                "candidates.csv); run python -m orderopt.search first or let it finish"
+            )
+        try:
+            self.manifest = json.loads(mf.read_text())
+            self.df = pd.read_csv(csv)
+        except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.path} holds damaged run files ({err})") from None
+        if not isinstance(self.manifest, dict):
+            raise UserError(f"{self.path} is not an orderopt search run (its manifest is not a JSON object)")
+        if self.manifest.get("status") != "complete":
+            raise UserError(f"the run in {self.path} did not finish; run the same search again to resume it")
+        if "gain_basis" in self.df.columns:
+            raise UserError(
+                f"{self.path} was written by an older orderopt (mixed rate bases, no intervals); "
+                "run its search again (the command is in its manifest.json)"
+            )
+        if list(self.df.columns) != COLUMNS or "arguments" not in self.manifest:
+            raise UserError(f"{self.path} is not an orderopt search run (unexpected manifest or columns)")
+        args = self.manifest["arguments"]
+        self.patch = int(args["patch"])
+        # held out on --images, --latents (named by the file's stem) or the embedded photographs
+        latents = args.get("latents")
+        self.held_out = args.get("images") or (Path(latents).stem if latents else EMBEDDED_NAME)
+        self.label = (
+            f"{self.path.name} ({self.patch}×{self.patch}, model {self.manifest.get('model_hash', '?')[:8]}, "
+            f"held out: {self.held_out})"
+        )
+        costs = self.path / "costs.npz"
+        self.table = CostTable.load(costs) if costs.is_file() else None
+        frontier = self.path / "frontier.csv"
+        self.frontier = None
+        if frontier.is_file():
+            try:
+                self.frontier = pd.read_csv(frontier)
+            except (pd.errors.ParserError, UnicodeDecodeError) as err:
+                raise UserError(f"{frontier} is damaged ({err}); run its search again") from None
+            if list(self.frontier.columns) != FRONTIER_COLUMNS:
+                raise UserError(f"{frontier} has unexpected columns; run its search again")
+        fraction = float(self.manifest.get("strategy", {}).get("table_fraction", 1.0))
+        # How the frontier's schedules were chosen: over the exact table, or on a surrogate of a
+        # fraction of it (the rates are exact either way).
+        self.frontier_kind = (
+            "exact" if fraction >= 1 else f"picked on a surrogate of {fraction:.3g} of the table, rates exact"
+        )
+
+    @property
+    def orders(self) -> pd.DataFrame:
+        return self.df[~self.df["order"].isin(BASELINES)]
+
+    def baseline(self, name: str) -> pd.Series:
+        return self.df[self.df["order"] == name].iloc[0]
+
+    def paper(self) -> str | None:
+        return str(od.paper_order(self.patch)) if self.patch in (2, 4) else None

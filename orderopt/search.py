@@ -57,19 +57,19 @@ from . import orders as od
 from .costs import CostTable, ProxyOracle, bitmask
 from .devices import add_device_option, device_name, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
-from .files import atomic_write, check_writable, write_json
+from .files import check_writable, write_json
 from .fit import load_context
 from .latents import LatentSet, cached_latents, load_latents
 from .model import DEFAULT_QUALITY, add_model_options, check_model_options, load_model, shipped_weights
 from .results import (
     Bootstrap,
-    LatentTotals,
-    choose_basis,
-    dedicated_image_bits,
-    frontier_rows,
+    baseline_orders,
+    candidate_rows,
+    frontier_table,
+    print_table,
     rank_correlations,
+    write_csv,
 )
-from .results import build_rows as results_table
 from .verify import dedicated_objective, shipped_autoregressive, verify
 
 STRATEGIES = ("auto", *strategies.REGISTRY)
@@ -227,16 +227,6 @@ def find_proxy(args, lat: LatentSet):
     return proxy, meta
 
 
-def baseline_orders(k: int) -> dict[str, od.DecodingOrder | None]:
-    """Baselines as k×k orders where they tile a k×k patch (checkerboard needs even k)."""
-    return {
-        "hyperprior": od.DecodingOrder(np.zeros((k, k), dtype=int)),
-        "checkerboard": od.DecodingOrder(np.indices((k, k)).sum(0) % 2) if k % 2 == 0 else None,
-        "autoregressive": None,
-    }
-
-
-# --- search ---------------------------------------------------------------------------------
 def fill_resumably(
     table: CostTable,
     path: Path,
@@ -337,69 +327,6 @@ def run_strategy(
     return result.found, info
 
 
-# --- results ---------------------------------------------------------------------------------
-def symmetry_class(order: od.DecodingOrder) -> str:
-    return str(order.canonical())
-
-
-def build_rows(
-    k: int, table: CostTable, found: dict, lat: LatentSet, dedicated: dict[str, dict], boot: Bootstrap
-) -> pd.DataFrame:
-    """Candidates and baselines, ranked on one basis (:mod:`orderopt.results`)."""
-    candidates: dict[od.DecodingOrder, str] = dict(found)
-    for name, order in od.published_orders(k).items():
-        candidates[order] = name if order not in candidates else f"{candidates[order]}+{name}"
-    rows, proxy_images = [], {}
-    for order, source in candidates.items():
-        rows.append(
-            {
-                "order": str(order),
-                "stages": order.num_stages,
-                "symmetry_class": symmetry_class(order),
-                "source": source,
-                "proxy_bits_per_latent": table.bits_per_latent(order),
-            }
-        )
-        proxy_images[str(order)] = table.image_rates(order)
-    hw = int(np.mean([e.y_hat.shape[1] * e.y_hat.shape[2] for e in lat.entries]))
-    for name, order in baseline_orders(k).items():
-        if order is not None:
-            bpl = table.bits_per_latent(order)
-            proxy_images[name] = table.image_rates(order)
-        elif name == "autoregressive" and table.raster_image_bits is not None:
-            bpl = float(table.raster_image_bits.sum()) / table.num_elements
-            proxy_images[name] = table.raster_image_bits
-        else:
-            bpl = np.nan
-        rows.append(
-            {
-                "order": name,
-                "stages": {"hyperprior": 1, "checkerboard": 2}.get(name, hw),
-                "symmetry_class": str(order) if order is not None else "raster over all latents",
-                "source": "baseline",
-                "proxy_bits_per_latent": bpl,
-            }
-        )
-    for r in rows:
-        r["dedicated_bits_per_latent"] = dedicated.get(r["order"], {}).get("bits_per_latent", np.nan)
-    basis = choose_basis(rows)
-    if basis == "proxy":
-        per_image = proxy_images
-    else:  # each dedicated model's bits per image, from its bpp of ŷ
-        pixels = {e.name: e.num_pixels for e in lat.entries}
-        per_image = {
-            name: dedicated_image_bits(rec, pixels)
-            for name, rec in dedicated.items()
-            if len(rec.get("images", [])) == len(lat)
-        }
-    totals = LatentTotals(table.num_elements, table.num_pixels, table.z_bits)
-    return results_table(rows, per_image, basis, totals, boot)
-
-
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
-
-
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("torch", "numpy", "scipy", "optuna", "pandas", "orderopt"):
@@ -436,39 +363,6 @@ def settings_key(args) -> str:
     )
     blob = json.dumps({k: getattr(args, k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def print_table(df: pd.DataFrame, limit: int = 12) -> None:
-    """The best ``limit`` candidates and every baseline, in rank order, gains with intervals."""
-    keep = (df["source"] == "baseline") | (df.index.isin(df[df["source"] != "baseline"].index[:limit]))
-    show = df[keep]
-
-    def gain(r: pd.Series, b: str) -> str:
-        g = r[f"gain_vs_{b}_pct"]
-        if not np.isfinite(g):
-            return "-"
-        lo, hi = r[f"gain_vs_{b}_ci_low"], r[f"gain_vs_{b}_ci_high"]
-        return f"{g:+.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else "")
-
-    table = pd.DataFrame(
-        {
-            "rank": show["rank"],
-            "order": show["order"],
-            "stages": show["stages"],
-            "source": show["source"],
-            "bpp": show["bpp"].map(lambda v: f"{v:.4f}" if np.isfinite(v) else "-"),
-            "vs checkerboard % [95% CI]": [gain(r, "checkerboard") for _, r in show.iterrows()],
-            "vs autoregressive % [95% CI]": [gain(r, "autoregressive") for _, r in show.iterrows()],
-            "differs from best": show["distinguishable_from_best"].map({True: "yes", False: "no"}),
-        }
-    )
-    basis = df["basis"].iloc[0] if len(df) else "proxy"
-    print(f"rates on the {basis} basis; intervals: paired bootstrap over the images")
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.to_string(index=False))
-    hidden = len(df) - len(show)
-    if hidden:
-        print(f"({hidden} more candidates in candidates.csv)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -572,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     if ded_ar is not None and "autoregressive" not in dedicated:
         dedicated["autoregressive"] = ded_ar
     boot = Bootstrap(resamples=args.bootstrap, seed=args.seed)
-    df = build_rows(args.patch, table, found, lat, dedicated, boot)
+    df = candidate_rows(args.patch, table, found, lat, dedicated, boot)
     write_csv(df, out / "candidates.csv")
     if schedules is not None:
         write_csv(frontier_table(args.patch, table, schedules), out / "frontier.csv")
@@ -631,21 +525,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"\n{len(df)} rows -> {out / 'candidates.csv'} ({manifest['timings_s']['total_s']:.1f} s)")
     return 0
-
-
-def frontier_table(k: int, table: CostTable, schedules) -> pd.DataFrame:
-    """frontier.csv's rows, with the gains against checkerboard (even k) and autoregressive
-    (when the proxy rates it) on the same proxy."""
-    board = baseline_orders(k)["checkerboard"]
-    raster = table.raster_image_bits
-    return frontier_rows(
-        schedules,
-        table.num_elements,
-        table.num_pixels,
-        table.z_bits,
-        None if board is None else table.rate(board),
-        None if raster is None else float(raster.sum()),
-    )
 
 
 def check_storage(url: str) -> None:
