@@ -64,3 +64,24 @@ def test_cost_table_bench_rows_sum_to_the_oracles_table(tmp_path):
     idx, weight = bct.sample_rows([16, 15, 20], 0.5, seed=0)
     assert [int(((idx >= a) & (idx < b)).sum()) for a, b in ((0, 16), (16, 31), (31, 51))] == [8, 8, 10]
     assert weight[idx].sum() == pytest.approx(51)
+
+
+SCRIPTS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "experiments").glob("*.py")
+    if p.stem not in ("outputs", "timing", "results_index")  # helpers, and the index (no options)
+)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_every_experiment_script_imports_and_explains_its_options(script, capsys, monkeypatch):
+    """Each script still imports against the package (a renamed function breaks it here, not
+    in the next regeneration of results/) and its --help names its options."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [script.name, "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(script), run_name="__main__")
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "--help" in out
