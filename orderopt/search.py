@@ -21,7 +21,8 @@ Writes a run directory with
 - ``costs.npz``: the cost table c(S, q) (see :class:`orderopt.costs.CostTable`): every row
   the run computed exactly. For k = 4 the DP and the frontier run by default on a surrogate
   (``--table-fraction``, :mod:`orderopt.surrogate`): a sixteenth of the 2^16 decoded sets
-  computed, the rest fitted, and every schedule they pick computed exactly until the picks
+  computed, the rest fitted, and every schedule they pick, with every decoded set on a full
+  order within :data:`orderopt.surrogate.MARGIN` of the best, computed exactly until the picks
   settle, so that every rate in the files is exact; ``--table-fraction 1`` computes them all.
 - ``manifest.json``: arguments, model hash, images, seeds, package versions, device,
   timings; with ``--verify``: ``rank_correlation`` (Spearman and Kendall of proxy against
@@ -288,12 +289,13 @@ def settled_surrogate(args, table: CostTable, costs_path: Path, fraction: float)
         table.fill(sets)
         table.save(costs_path)
 
-    approx, _, rounds = surrogate.settle(table, pick, fill)
+    approx, _, rounds = surrogate.settle(table, pick, fill, margin=surrogate.MARGIN)
     return approx, {
         "table_fraction": fraction,
         "sets_computed": int(np.sum(np.asarray(table.known, dtype=bool))),
         "settle_rounds": rounds,
         "surrogate_degree": surrogate.DEGREE,
+        "surrogate_margin": surrogate.MARGIN,
         "table_s": round(time.time() - t0, 2),
     }
 

@@ -5,8 +5,9 @@ The exact 4×4 table has 2^16 decoded sets, too many to compute quickly on a CPU
 multilinear polynomial of low degree in "which other positions are decoded", fitted per
 position on a fraction of the sets, predicts the rest closely. The search runs on that
 complete surrogate; what it picks is then computed exactly and the fit redone with it, until
-the picks are stable (:func:`settle`). Every rate reported is exact; only the choice among
-near-equal schedules can differ from the full table's, which
+the picks are stable (:func:`settle`), together with every decoded set on a full order within
+a small margin of the best, so that near-ties are decided by exact costs. Every rate
+reported is exact; how often the picks differ from the full table's is what
 ``experiments/bench_cost_table.py`` measures.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from itertools import combinations
 
+import numba
 import numpy as np
 import scipy.linalg
 
@@ -23,6 +25,7 @@ from .costs import CostTable, bitmask
 from .orders import DecodingOrder
 
 DEGREE = 3  # terms up to products of three positions: 576 per position for 4×4
+MARGIN = 5e-4  # full orders within this fraction of the surrogate's optimum are made exact
 
 
 def anchor_sets(patch: int, fraction: float, seed: int, ends: int = 2) -> list[int]:
@@ -97,20 +100,62 @@ def settle(
     pick: Callable[[CostTable], Iterable[DecodingOrder]],
     fill: Callable[[list[int]], None],
     degree: int = DEGREE,
+    margin: float = 0.0,
 ) -> tuple[CostTable, list[DecodingOrder], int]:
     """Pick schedules on the surrogate of ``table``, compute the decoded sets they use that are
     still missing (``fill``), and fit again, until every picked schedule is known exactly.
-    Returns the last surrogate, its picks and the number of rounds. It ends: every round but
-    the last computes at least one more set, and a complete table is its own surrogate."""
+
+    With ``margin`` > 0, also every decoded set that lies on a full order within that fraction
+    of the surrogate's optimum (:func:`near_optimal_sets`) is computed, so that near-ties are
+    decided by exact costs rather than by the fit. Returns the last surrogate, its picks and
+    the number of rounds. It ends: every round but the last computes at least one more set,
+    and a complete table is its own surrogate."""
     k, rounds = table.patch, 0
     while True:
         rounds += 1
         approx = surrogate(table, degree)
         picks = list(pick(approx))
-        missing = sorted({bitmask(s, k) for o in picks for s, _ in o.schedule()} - set(known_sets(table)))
+        need = {bitmask(s, k) for o in picks for s, _ in o.schedule()}
+        if margin > 0:
+            need |= set(near_optimal_sets(approx, margin))
+        missing = sorted(need - set(known_sets(table)))
         if not missing:
             return approx, picks, rounds
         fill(missing)
+
+
+@numba.njit(cache=True, nogil=True)
+def _to_and_from(costs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every decoded set S: the least bits of decoding S one position at a time, and of
+    decoding the rest after S (full orders)."""
+    full = (1 << n) - 1
+    into = np.full(full + 1, np.inf)
+    into[0] = 0.0
+    for s in range(full):
+        for q in range(n):
+            if not (s >> q) & 1:
+                v = into[s] + costs[s, q]
+                if v < into[s | (1 << q)]:
+                    into[s | (1 << q)] = v
+    out = np.full(full + 1, np.inf)
+    out[full] = 0.0
+    for s in range(full - 1, -1, -1):
+        for q in range(n):
+            if not (s >> q) & 1:
+                v = costs[s, q] + out[s | (1 << q)]
+                if v < out[s]:
+                    out[s] = v
+    return into, out
+
+
+def near_optimal_sets(table: CostTable, margin: float) -> list[int]:
+    """The decoded sets that some full order within ``margin`` (a fraction) of the best passes
+    through, on a complete table."""
+    n = table.patch**2
+    costs = np.nan_to_num(np.asarray(table.table, dtype=np.float64), nan=np.inf)
+    into, out = _to_and_from(costs, n)
+    limit = into[-1] * (1 + margin) + 1e-9 * abs(into[-1])  # the best path itself, whatever the rounding
+    return np.flatnonzero(into + out <= limit).tolist()
 
 
 def known_sets(table: CostTable) -> list[int]:

@@ -101,3 +101,37 @@ def test_settle_picks_are_exact_and_match_the_full_table_when_the_fit_is(seed):
     assert filled(k, fn, range(1 << 9)).rate(picks[0]) == pytest.approx(
         st.dp(filled(k, fn, range(1 << 9)))[1]
     )
+
+
+def test_near_optimal_sets_are_those_on_orders_within_the_margin():
+    k = 2
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 5, (16, 4))
+    table = filled(k, lambda s, q: 100 + noise[s, q] - 3 * bin(s).count("1"), range(16))
+    best, bits = st.dp(table)
+    on_best = {bitmask(s, k) for s, _ in best.schedule()} | {15}
+    assert set(sg.near_optimal_sets(table, 0.0)) == on_best
+    wide = set(sg.near_optimal_sets(table, 1.0))  # every order is within 100% of the best
+    assert wide == set(range(16))
+    ranked = st.exhaustive(table)
+    within = [o for o, b in ranked if b <= bits * 1.01]
+    assert set(sg.near_optimal_sets(table, 0.01)) == {
+        bitmask(s, k) for o in within for s, _ in o.schedule()
+    } | {15}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_settle_with_a_margin_finds_the_exact_optimum_where_the_fit_is_rough(seed):
+    k = 3
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 2, (1 << 9, 9))
+    fn = polynomial_cost(k, degree=2, seed=seed)
+
+    def rough(s, q):
+        return fn(s, q) + noise[s, q]
+
+    part = filled(k, rough, sg.anchor_sets(k, 0.5, seed=seed))
+    _, picks, _ = sg.settle(part, lambda t: [st.dp(t)[0]], part.fill, margin=0.01)
+    exact = filled(k, rough, range(1 << 9))
+    assert exact.rate(picks[0]) == pytest.approx(st.dp(exact)[1])
+    assert int(np.sum(part.known)) < 512  # it got there without computing every set
