@@ -25,6 +25,13 @@ def polynomial_cost(k, degree, seed=0):
     return fn
 
 
+def rough_cost(k, seed):
+    """A second-degree polynomial cost, and the same plus noise that no fit can follow."""
+    noise = np.random.default_rng(seed).normal(0, 2, (1 << (k * k), k * k))
+    fn = polynomial_cost(k, degree=2, seed=seed)
+    return fn, lambda s, q: fn(s, q) + noise[s, q]
+
+
 def filled(k, fn, subsets):
     table = CostTable.from_oracle(FunctionOracle(k, fn))
     table.fill(subsets)
@@ -75,12 +82,7 @@ def test_surrogate_keeps_known_rows_and_refuses_too_few():
 @pytest.mark.parametrize("seed", range(3))
 def test_settle_picks_are_exact_and_match_the_full_table_when_the_fit_is(seed):
     k = 3
-    rng = np.random.default_rng(seed)
-    noise = rng.normal(0, 2, (1 << 9, 9))
-    fn = polynomial_cost(k, degree=2, seed=seed)
-
-    def rough(s, q):  # a polynomial plus noise the fit cannot follow
-        return fn(s, q) + noise[s, q]
+    fn, rough = rough_cost(k, seed)
 
     part = filled(k, rough, sg.anchor_sets(k, 0.5, seed=seed))
     approx, picks, rounds = sg.settle(
@@ -123,12 +125,7 @@ def test_near_optimal_sets_are_those_on_orders_within_the_margin():
 @pytest.mark.parametrize("seed", range(3))
 def test_settle_with_a_margin_finds_the_exact_optimum_where_the_fit_is_rough(seed):
     k = 3
-    rng = np.random.default_rng(seed)
-    noise = rng.normal(0, 2, (1 << 9, 9))
-    fn = polynomial_cost(k, degree=2, seed=seed)
-
-    def rough(s, q):
-        return fn(s, q) + noise[s, q]
+    _, rough = rough_cost(k, seed)
 
     part = filled(k, rough, sg.anchor_sets(k, 0.5, seed=seed))
     _, picks, _ = sg.settle(part, lambda t: [st.dp(t)[0]], part.fill, margin=0.01)
