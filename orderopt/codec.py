@@ -31,7 +31,7 @@ import torch
 
 from . import coders, data, rans
 from . import orders as od
-from .container import PRECISIONS, check_header, latents_crc, pack, unpack  # noqa: F401
+from .container import PRECISIONS, latents_crc, pack, unpack
 from .context import (
     ContextModel,
 )

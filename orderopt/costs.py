@@ -143,9 +143,7 @@ class ProxyOracle:
         k2 = self.patch**2
         subsets = list(subsets)
         out = np.full((len(subsets), k2, self.num_images) if per_image else (len(subsets), k2), np.nan)
-        bits = torch.tensor(
-            [[(s >> p) & 1 for p in range(k2)] for s in subsets], dtype=torch.float32, device=self.device
-        )
+        bits = self._membership(subsets)
         for q in range(k2):
             rows = [i for i, s in enumerate(subsets) if not (s >> q) & 1]
             per = max(1, chunk or int(self.chunk_elements // max(1, self._parts[q][0].numel())))
@@ -166,12 +164,14 @@ class ProxyOracle:
         decoded sets S that do not contain q: what the costs are sums of."""
         if any((s >> q) & 1 for s in subsets):
             raise ValueError(f"position {q} is in a decoded set")
-        bits = torch.tensor(
-            [[(s >> p) & 1 for p in range(self.patch**2)] for s in subsets],
-            dtype=torch.float32,
-            device=self.device,
+        return self._row_bits(self._membership(subsets), q)
+
+    def _membership(self, subsets: Sequence[int]) -> torch.Tensor:
+        """(len(subsets), k²) 0/1: which positions each decoded set holds."""
+        k2 = self.patch**2
+        return torch.tensor(
+            [[(s >> p) & 1 for p in range(k2)] for s in subsets], dtype=torch.float32, device=self.device
         )
-        return self._row_bits(bits, q)
 
     def _row_bits(self, bits: torch.Tensor, q: int) -> torch.Tensor:
         base, parts = self._base[q], self._parts[q]

@@ -54,31 +54,64 @@ def exhaustive(table: CostTable, max_patch: int = 3) -> list[tuple[DecodingOrder
     return [(_order_from_sequence(list(p), k), float(b)) for p, b in out]
 
 
-def dp(table: CostTable) -> tuple[DecodingOrder, float]:
-    """The exact best full order under ``table`` and its rate in bits."""
-    table.fill()
-    k = table.patch
-    n, full = k * k, (1 << (k * k)) - 1
+@numba.njit(cache=True, nogil=True)
+def _forward(costs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """best[S]: least bits of decoding the set S one position at a time; choice[S]: the last
+    position of that order (every successor S ∪ {q} is numerically larger than S)."""
+    full = (1 << n) - 1
     best = np.full(full + 1, np.inf)
-    choice = np.full(full + 1, -1, dtype=np.int64)
+    choice = np.full(full + 1, -1, np.int64)
     best[0] = 0.0
-    costs = table.table
-    for s in range(full):  # every successor S ∪ {q} is numerically larger than S
+    for s in range(full):
         if not np.isfinite(best[s]):
             continue
         for q in range(n):
             if (s >> q) & 1:
                 continue
-            t = s | (1 << q)
             v = best[s] + costs[s, q]
-            if v < best[t]:
-                best[t], choice[t] = v, q
+            if v < best[s | (1 << q)]:
+                best[s | (1 << q)], choice[s | (1 << q)] = v, q
+    return best, choice
+
+
+@numba.njit(cache=True, nogil=True)
+def _backward(costs: np.ndarray, n: int) -> np.ndarray:
+    """rest[S]: least bits of decoding the positions outside S after S, one at a time."""
+    full = (1 << n) - 1
+    rest = np.full(full + 1, np.inf)
+    rest[full] = 0.0
+    for s in range(full - 1, -1, -1):
+        for q in range(n):
+            if not (s >> q) & 1:
+                v = costs[s, q] + rest[s | (1 << q)]
+                if v < rest[s]:
+                    rest[s] = v
+    return rest
+
+
+def _costs(table: CostTable) -> np.ndarray:
+    table.fill()
+    return np.ascontiguousarray(table.table, dtype=np.float64)
+
+
+def dp(table: CostTable) -> tuple[DecodingOrder, float]:
+    """The exact best full order under ``table`` and its rate in bits."""
+    k = table.patch
+    n, full = k * k, (1 << (k * k)) - 1
+    best, choice = _forward(_costs(table), n)
     seq, s = [], full
     while s:
         q = int(choice[s])
         seq.append(q)
         s &= ~(1 << q)
     return _order_from_sequence(seq[::-1], k), float(best[full])
+
+
+def through(table: CostTable) -> np.ndarray:
+    """For every decoded set S, the least bits of a full order that passes through S (its
+    minimum, at the sets of the optimal orders, is :func:`dp`'s rate)."""
+    costs, n = _costs(table), table.patch**2
+    return _forward(costs, n)[0] + _backward(costs, n)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -124,9 +157,8 @@ def frontier(table: CostTable) -> list[tuple[int, DecodingOrder, float]]:
     k = table.patch
     if k > 4:
         raise ValueError(f"the frontier needs the full cost table, 2^{k * k} rows for {k}×{k}; use k ≤ 4")
-    table.fill()
     n, full = k * k, (1 << (k * k)) - 1
-    best, choice = _frontier_kernel(np.ascontiguousarray(table.table, dtype=np.float64), n)
+    best, choice = _frontier_kernel(_costs(table), n)
     out = []
     for budget in range(1, n + 1):
         t = int(np.argmin(best[1 : budget + 1, full])) + 1  # the fewest stages among equal rates

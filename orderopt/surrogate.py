@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from itertools import combinations
 
-import numba
 import numpy as np
 import scipy.linalg
 
+from . import strategies
 from .costs import CostTable, bitmask
 from .orders import DecodingOrder
 
@@ -124,38 +124,12 @@ def settle(
         fill(missing)
 
 
-@numba.njit(cache=True, nogil=True)
-def _to_and_from(costs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every decoded set S: the least bits of decoding S one position at a time, and of
-    decoding the rest after S (full orders)."""
-    full = (1 << n) - 1
-    into = np.full(full + 1, np.inf)
-    into[0] = 0.0
-    for s in range(full):
-        for q in range(n):
-            if not (s >> q) & 1:
-                v = into[s] + costs[s, q]
-                if v < into[s | (1 << q)]:
-                    into[s | (1 << q)] = v
-    out = np.full(full + 1, np.inf)
-    out[full] = 0.0
-    for s in range(full - 1, -1, -1):
-        for q in range(n):
-            if not (s >> q) & 1:
-                v = costs[s, q] + out[s | (1 << q)]
-                if v < out[s]:
-                    out[s] = v
-    return into, out
-
-
 def near_optimal_sets(table: CostTable, margin: float) -> list[int]:
     """The decoded sets that some full order within ``margin`` (a fraction) of the best passes
     through, on a complete table."""
-    n = table.patch**2
-    costs = np.nan_to_num(np.asarray(table.table, dtype=np.float64), nan=np.inf)
-    into, out = _to_and_from(costs, n)
-    limit = into[-1] * (1 + margin) + 1e-9 * abs(into[-1])  # the best path itself, whatever the rounding
-    return np.flatnonzero(into + out <= limit).tolist()
+    bits = strategies.through(table)
+    limit = bits[0] * (1 + margin) + 1e-9 * abs(bits[0])  # the best path itself, whatever the rounding
+    return np.flatnonzero(bits <= limit).tolist()
 
 
 def known_sets(table: CostTable) -> list[int]:
