@@ -20,22 +20,35 @@ default substreams; ``gaussian`` is constriction's per-symbol quantized Gaussian
 ``--device cuda`` the networks run on the GPU (entropy coding stays on the CPU: the coder is
 CPU code) and every stage pays the device→host copy its coder needs.
 
+``--coders-only`` times just the entropy coders that every schedule pays, on synthetic
+symbols (constriction's range coder, alone and split over 2 threads, and orderopt.rans with
+1, 2 and 8 substreams), and writes results/coder_throughput.{json,md}.
+
 Writes results/decode_time.{json,md} (``decode_time_cuda.*`` with --device cuda, and a
 ``_gaussian`` suffix with --coder gaussian).
     python experiments/bench_decode.py [--repeat 7] [--device cuda] [--coder gaussian]
         [--precision float32 bfloat16]
+    python experiments/bench_decode.py --coders-only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 
+import constriction
+import numba
+import numpy as np
 import torch
 from outputs import save_results
+from scipy import special
+from timing import median_seconds
 
-from orderopt import codec, data, rans
+from orderopt import coders, container, data, rans, streams
 from orderopt import orders as od
 from orderopt.context import AutoregressiveContext, MultistageContext
 from orderopt.devices import add_device_option, device_name, torch_device
@@ -51,22 +64,126 @@ SCHEDULES = {
 }
 
 
+SYMBOLS, LO, HI = 128 * 48 * 32, -40, 40  # a 768×512 image's ŷ: 128 × 48 × 32
+
+
+def coder_throughput(n: int, repeat: int, out: str) -> None:
+    """Throughput of the entropy coders every schedule pays, and whether threads help: ``n``
+    symbols under per-symbol quantized Gaussians, coded by constriction (whole, and as 2
+    substreams decoded by 2 threads; and under ONE fixed categorical model, a tabulated coder's
+    per-symbol cost) and by orderopt.rans (1, 2 and 8 substreams). Means and scales cover the
+    shipped model's range (scales 0.11–8, log-uniform). Writes coder_throughput.{json,md}."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 2, n)
+    stds = np.exp(rng.uniform(np.log(0.11), np.log(8), n))
+    symbols = np.clip(np.round(means + stds * rng.normal(size=n)), LO, HI).astype(np.int32)
+    gauss = constriction.stream.model.QuantizedGaussian(LO, HI)
+
+    def encode(idx):
+        enc = constriction.stream.queue.RangeEncoder()
+        enc.encode(symbols[idx], gauss, means[idx], stds[idx])
+        return enc.get_compressed()
+
+    whole = np.arange(n)
+    halves = np.array_split(whole, 2)
+    words, half_words = encode(whole), [encode(h) for h in halves]
+
+    def decode(w, idx):
+        out = constriction.stream.queue.RangeDecoder(w).decode(gauss, means[idx], stds[idx])
+        assert np.array_equal(out, symbols[idx])
+
+    enc_s = median_seconds(lambda: encode(whole), repeat, warmup=False)
+    dec_s = median_seconds(lambda: decode(words, whole), repeat, warmup=False)
+    probs = np.diff(special.ndtr((np.arange(LO, HI + 2) - 0.5) / 3.0))
+    fixed = constriction.stream.model.Categorical(probs / probs.sum(), perfect=False)
+    cat_symbols = np.clip(symbols - LO, 0, HI - LO).astype(np.int32)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(cat_symbols, fixed)
+    cat_words = enc.get_compressed()
+    fixed_s = median_seconds(
+        lambda: constriction.stream.queue.RangeDecoder(cat_words).decode(fixed, n), repeat, warmup=False
+    )
+    with ThreadPoolExecutor(2) as pool:
+        threads_s = median_seconds(lambda: list(pool.map(decode, half_words, halves)), repeat, warmup=False)
+    rans.prepare()
+    stage = [(symbols.astype(np.int64), means, stds)]
+    rans_rows = {"encode_s": median_seconds(lambda: rans.encode(stage), repeat)}
+    for substreams in (1, 2, 8):
+        w = rans.encode(stage, substreams=substreams)
+        assert np.array_equal(rans.Decoder(w).decode(means, stds), symbols)
+        rans_rows[f"decode_{substreams}_substreams_s"] = median_seconds(
+            lambda w=w: rans.Decoder(w).decode(means, stds), repeat
+        )
+        rans_rows[f"bits_{substreams}_substreams"] = 32 * len(w)
+    result = {
+        "cpu": platform.processor() or platform.machine(),
+        "constriction": metadata.version("constriction"),
+        "symbols": n,
+        "encode_s": enc_s,
+        "decode_s": dec_s,
+        "decode_2_substreams_2_threads_s": threads_s,
+        "decode_ns_per_symbol": 1e9 * dec_s / n,
+        "decode_one_fixed_categorical_s": fixed_s,
+        "constriction_bits": 32 * len(words),
+        "rans": rans_rows,
+        "threads": numba.get_num_threads(),
+        "command": "python experiments/bench_decode.py --coders-only"
+        + (f" --symbols {n}" if n != SYMBOLS else ""),
+    }
+    text = (
+        f"# Entropy-coder throughput ({result['cpu']})\n\nRegenerate: `{result['command']}`.\n\n"
+        f"{n} symbols under per-symbol quantized Gaussians (constriction range coder): encode "
+        f"{1e3 * enc_s:.1f} ms, decode {1e3 * dec_s:.1f} ms ({result['decode_ns_per_symbol']:.0f} ns "
+        f"per symbol); the same decoded as 2 substreams by 2 threads: {1e3 * threads_s:.1f} ms "
+        f"({dec_s / threads_s:.2f}× speed-up). Under one fixed categorical model: decode "
+        f"{1e3 * fixed_s:.1f} ms ({1e9 * fixed_s / n:.0f} ns per symbol).\n\n"
+        f"orderopt.rans (compiled table-driven rANS, the codec's default; {result['threads']} threads): "
+        f"encode {1e3 * rans_rows['encode_s']:.1f} ms; decode "
+        + ", ".join(
+            f"{1e3 * rans_rows[f'decode_{p}_substreams_s']:.1f} ms with {p} substream{'s' * (p > 1)} "
+            f"({1e9 * rans_rows[f'decode_{p}_substreams_s'] / n:.0f} ns per symbol, "
+            f"{rans_rows[f'bits_{p}_substreams'] / (32 * len(words)) - 1:+.2%} size against constriction)"
+            for p in (1, 2, 8)
+        )
+        + ".\n"
+    )
+    save_results(result, text, out, "coder_throughput")
+    print(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeat", type=int, default=7, help="decodes per image and schedule (median)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="decodes per image and schedule, the median kept (default 7; with --coders-only: timings "
+        "per measurement, default 5)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--context", action="append", default=[], help="NAME=CKPT: trained model for a schedule")
     p.add_argument("--out", default="results", help="output folder")
-    p.add_argument("--coder", choices=codec.CODERS, default="rans", help="ŷ entropy coder")
+    p.add_argument("--coder", choices=list(coders.REGISTRY), default="rans", help="ŷ entropy coder")
     p.add_argument(
         "--precision",
         nargs="+",
-        choices=list(codec.PRECISIONS),
+        choices=list(container.PRECISIONS),
         default=["float32", "bfloat16"],
         help="context-network precisions to time every schedule in",
     )
     add_device_option(p, "cpu", " of the networks")
+    p.add_argument(
+        "--coders-only",
+        action="store_true",
+        help="time only the entropy coders on synthetic symbols (results/coder_throughput.*)",
+    )
+    p.add_argument(
+        "--symbols", type=int, default=SYMBOLS, help="symbols coded by --coders-only (default: a 768×512 ŷ)"
+    )
     args = p.parse_args()
+    if args.coders_only:
+        coder_throughput(args.symbols, args.repeat or 5, args.out)
+        return
+    args.repeat = args.repeat or 7
     rans.prepare()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -97,7 +214,7 @@ def main() -> None:
     for im in data.load_images(None):
         h, w = im.image.shape[1:]
         encoded = {
-            key: codec.encode(
+            key: streams.encode(
                 im.image, base, meta["hash"], *models[name], coder=args.coder, precision=precision
             )
             for key, name, precision in timings
@@ -105,7 +222,7 @@ def main() -> None:
         timed: dict[str, list] = {key: [] for key, _, _ in timings}
         for _ in range(args.repeat):  # schedules take turns, so that the machine's drift hits all alike
             for key, name, _ in timings:
-                timed[key].append(codec.decode(encoded[key].stream, base, meta["hash"], *models[name]))
+                timed[key].append(streams.decode(encoded[key].stream, base, meta["hash"], *models[name]))
         for key, name, precision in timings:
             enc, runs = encoded[key], timed[key]
             assert torch.equal(runs[0].y_hat, enc.y_hat)
@@ -126,7 +243,7 @@ def main() -> None:
                     "decode_s": best.seconds,
                     "bytes": len(enc.stream),
                     "estimated_bits": enc.estimated_bits,
-                    "substreams": int(codec.unpack(enc.stream)[2][0]) if args.coder == "rans" else None,
+                    "substreams": int(container.unpack(enc.stream)[2][0]) if args.coder == "rans" else None,
                 }
             )
             print(

@@ -24,7 +24,7 @@ import statistics
 import torch
 from outputs import save_results
 
-from orderopt import codec, data, rans
+from orderopt import container, data, rans, streams
 from orderopt import orders as od
 from orderopt.context import MultistageContext, init_from_proxy
 from orderopt.devices import device_name
@@ -62,11 +62,11 @@ def main() -> None:
     for label, model, cmeta, order in contexts(base.M, 2 * base.M):
         for im in data.load_images(None):
             sizes = {}
-            for precision in codec.PRECISIONS:
-                enc = codec.encode(im.image, base, meta["hash"], model, cmeta, order, precision=precision)
-                dec = codec.decode(enc.stream, base, meta["hash"], model, cmeta)
+            for precision in container.PRECISIONS:
+                enc = streams.encode(im.image, base, meta["hash"], model, cmeta, order, precision=precision)
+                dec = streams.decode(enc.stream, base, meta["hash"], model, cmeta)
                 assert torch.equal(dec.y_hat, enc.y_hat), (label, im.name, precision)
-                _, z_words, y_words = codec.unpack(enc.stream)
+                _, z_words, y_words = container.unpack(enc.stream)
                 sizes[precision] = (32 * (len(z_words) + len(y_words)), enc.estimated_bits)
             (b32, e32), (b16, e16) = sizes["float32"], sizes["bfloat16"]
             rows.append(

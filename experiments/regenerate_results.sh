@@ -16,7 +16,7 @@ python experiments/bench_decode.py --out results
 python experiments/bench_decode.py --coder gaussian --out results
 for i in 1 2; do python experiments/bench_decode.py --out results/decode_time_reruns/$i; done  # the spread
 python experiments/bench_train.py --out results
-python experiments/coder_throughput.py --out results
+python experiments/bench_decode.py --coders-only --out results
 python experiments/precision_rate.py --out results
 mkdir -p results/search-patch4-dp
 python experiments/bench_cost_table.py --out results --save-table results/search-patch4-dp/costs.npz

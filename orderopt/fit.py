@@ -19,7 +19,7 @@ from . import context as ctxm
 from .errors import UserError
 from .files import load_versioned, save_torch
 from .latents import LatentSet
-from .model import state_hash
+from .model import shipped_weights, state_hash
 
 FORMAT = "orderopt-context"
 VERSION = 1
@@ -105,6 +105,32 @@ def load_context(path: str | Path) -> tuple[ctxm.ContextModel, dict]:
     )
     model.load_state_dict(d["state_dict"])
     return model.eval(), {k: v for k, v in d.items() if k not in ("state_dict", "train_state")}
+
+
+def load_proxy(path: str | Path | None, patch: int, quality: int | None, lat: LatentSet):
+    """The any-order proxy of ``patch`` that rates ``lat``: the checkpoint ``path``, else the
+    shipped one of ``quality``, which belongs to the shipped model only."""
+    if path:
+        proxy, meta = load_context(path)
+    else:
+        shipped = shipped_weights(f"proxy_k{patch}", quality)
+        if not shipped.is_file():
+            raise UserError(
+                f"no shipped proxy for patch {patch}; train one with `python -m orderopt.train context "
+                f"--proxy --patch {patch} --train-images DIR --out P.pt` and pass --proxy P.pt"
+            )
+        proxy, meta = load_context(shipped)
+        if meta.get("model_hash") != lat.model_hash:
+            raise UserError(
+                f"the shipped proxy belongs to the shipped model, not to model {lat.model_hash}; train a "
+                f"proxy for your model (`python -m orderopt.train context --proxy --patch {patch} ...`) "
+                "and pass --proxy"
+            )
+    if meta.get("kind") != "anyorder" or int(meta.get("patch", -1)) != patch:
+        raise UserError(f"{path} is a {meta.get('kind')} model, not an any-order proxy of patch {patch}")
+    if (meta["latent_channels"], meta["hyper_channels"]) != (lat.latent_channels, lat.hyper_channels):
+        raise UserError("the proxy was trained on latents of another codec (channel counts differ)")
+    return proxy, meta
 
 
 IDENTITY = ("kind", "order", "patch", "latent_channels", "hyper_channels", "model_hash")

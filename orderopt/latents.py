@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import NamedImage, images_fingerprint, pad_to_multiple
+from .data import EMBEDDED_NAME, NamedImage, images_fingerprint, load_images, pad_to_multiple
 from .errors import HelpFormatter, UserError
 from .files import load_versioned, save_torch
-from .model import HyperpriorCodec
+from .model import DEFAULT_QUALITY, HyperpriorCodec, load_model
 
 FORMAT = "orderopt-latents"
 VERSION = 1
@@ -223,11 +223,33 @@ def cached_latents(
     return latents, path
 
 
+def held_out_latents(
+    latents: str | None,
+    model: str | None,
+    quality: int | None,
+    images: str | None,
+    cache_dir: str | None,
+) -> tuple[LatentSet, dict]:
+    """The held-out latents of a search: the file ``latents``, else those of ``images`` (default:
+    the embedded photographs) under ``model`` (default: the shipped one of ``quality``), from the
+    cache. Also returns what the run's manifest records of them."""
+    if latents:
+        lat = load_latents(latents)
+        return lat, {"latents": str(latents), "model_hash": lat.model_hash}
+    codec, meta = load_model(model, quality)
+    lat, path = cached_latents(codec, meta["hash"], load_images(images), cache_dir)
+    return lat, {
+        "model": str(model or f"shipped q{quality or DEFAULT_QUALITY}"),
+        "model_hash": meta["hash"],
+        "images": images or EMBEDDED_NAME,
+        "image_names": lat.names,
+        "latent_cache": str(path),
+    }
+
+
 def load_image_folders(folders: Sequence[str | Path] | None) -> list[NamedImage]:
     """Images of one or more folders (names prefixed by the folder when several), or the
     embedded photographs when ``folders`` is empty."""
-    from .data import load_images
-
     if not folders:
         return load_images(None)
     if len(folders) == 1:

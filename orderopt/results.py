@@ -21,8 +21,11 @@ reader of a finished run that the report draws from.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -445,5 +448,94 @@ class Run:
     def baseline(self, name: str) -> pd.Series:
         return self.df[self.df["order"] == name].iloc[0]
 
+    def verify_protocol(self) -> str:
+        """How the run's dedicated models were trained, in words."""
+        a = self.manifest.get("arguments", {})
+        start = "fine-tuned from the proxy" if a.get("verify_init") == "proxy" else "trained from scratch"
+        return f"{start}, {a.get('verify_steps', '?')} steps each"
+
     def paper(self) -> str | None:
         return str(od.paper_order(self.patch)) if self.patch in (2, 4) else None
+
+
+# --- a run's manifest.json ---------------------------------------------------------------------
+# the search arguments that decide a run's results: a finished run with the same ones is reused
+SETTINGS = (
+    "patch",
+    "strategy",
+    "model",
+    "images",
+    "latents",
+    "proxy",
+    "trials",
+    "objective",
+    "top",
+    "random",
+    "verify",
+    "verify_steps",
+    "verify_init",
+    "verify_lr",
+    "seed",
+    "bootstrap",
+    "train_images",
+    "train_latents",
+    "quality",
+    "stages",
+    "table_fraction",
+)
+# what the manifest keeps of each dedicated model's record
+DEDICATED_KEYS = (
+    "bits_per_latent",
+    "start_bits_per_latent",
+    "bpp",
+    "images",
+    "config",
+    "train_s",
+    "init",
+    "device",
+)
+
+
+def settings_key(args) -> str:
+    """A short hash of the arguments in :data:`SETTINGS`."""
+    blob = json.dumps({k: getattr(args, k) for k in SETTINGS}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def finished_candidates(out: Path, key: str) -> pd.DataFrame | None:
+    """The candidates of the finished run in ``out`` made with settings ``key``, else None."""
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    try:
+        m = json.loads(manifest_path.read_text())
+        if m.get("status") == "complete" and m.get("settings_key") == key:
+            return pd.read_csv(out / "candidates.csv")
+    except (ValueError, AttributeError, OSError, pd.errors.ParserError) as err:
+        raise UserError(f"run files in {out} are damaged ({err}); pass --force to recompute") from None
+    return None
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "numpy", "scipy", "optuna", "pandas", "orderopt"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def latent_summary(lat: LatentSet, table: CostTable) -> dict:
+    return {
+        "images": len(lat),
+        "elements": table.num_elements,
+        "pixels": table.num_pixels,
+        "latent_channels": lat.latent_channels,
+        "mean_height": float(np.mean([e.y_hat.shape[1] for e in lat.entries])),
+        "mean_width": float(np.mean([e.y_hat.shape[2] for e in lat.entries])),
+    }
+
+
+def dedicated_summary(dedicated: dict[str, dict]) -> dict[str, dict]:
+    return {name: {k: rec[k] for k in DEDICATED_KEYS if k in rec} for name, rec in dedicated.items()}

@@ -9,6 +9,7 @@ share a training set and budget share their models (:func:`verify`).
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import time
@@ -23,7 +24,7 @@ from . import data
 from . import orders as od
 from .context import AnyOrderContext, dedicated, init_from_proxy
 from .costs import CostTable
-from .errors import UserError
+from .errors import UserError, number
 from .files import write_json
 from .fit import FitConfig, fit_context, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
@@ -68,6 +69,45 @@ def dedicated_rate(
     )
     out = measure(model, held_out)
     return out if start is None else {**out, "start_bits_per_latent": start}
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``search --verify`` and of Optuna's dedicated objective."""
+    p.add_argument(
+        "--verify",
+        type=number(at_least=0),
+        default=0,
+        help="train dedicated models for the N best candidates, the published orders, the worst "
+        "candidate and every baseline, and rank-correlate their rates with the proxy",
+    )
+    p.add_argument("--train-images", help="training image folder for --verify / dedicated objective")
+    p.add_argument("--train-latents", help="training latent file instead of --train-images")
+    p.add_argument(
+        "--verify-steps", type=number(at_least=1), default=2000, help="training steps of each dedicated model"
+    )
+    p.add_argument(
+        "--verify-init",
+        choices=["proxy", "scratch"],
+        default="proxy",
+        help="start dedicated models from the proxy's weights restricted to their masks (a short "
+        "budget measures what specialising to the order gains), or from random weights (needs "
+        "budgets far beyond a CPU's to converge; results/ shows both)",
+    )
+    p.add_argument(
+        "--verify-lr",
+        type=number(float, above=0),
+        help="learning rate of dedicated models (default: 1e-3 from scratch, 1e-4 from the proxy)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=number(at_least=1),
+        default=1,
+        help="dedicated models trained at once, one process and CPU thread each",
+    )
+    p.add_argument(
+        "--dedicated-dir",
+        help="folder of dedicated models and results, shareable between runs (default: RUN_DIR/dedicated)",
+    )
 
 
 def training_latents(args) -> tuple[LatentSet, Path]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from orderopt import codec, coders, container, data
+from orderopt import codec, coders, container, data, streams
 from orderopt import orders as o
 from orderopt.context import AnyOrderContext, AutoregressiveContext, MultistageContext
 from orderopt.devices import torch_device
@@ -90,9 +90,9 @@ def test_round_trips_are_exact(tmp_path, base, image, device):
     for name, (ctx, cmeta), order in contexts(tmp_path):
         ctx.to(device)
         for coder, substreams, parts, precision in cases:
-            enc = codec.encode(image, model, meta["hash"], ctx, cmeta, order, coder, substreams, precision)
-            dec = codec.decode(enc.stream, model, meta["hash"], ctx, cmeta)
-            header, z_words, y_words = codec.unpack(enc.stream)
+            enc = streams.encode(image, model, meta["hash"], ctx, cmeta, order, coder, substreams, precision)
+            dec = streams.decode(enc.stream, model, meta["hash"], ctx, cmeta)
+            header, z_words, y_words = container.unpack(enc.stream)
             assert header["device"] == device.type and header["coder"]["name"] == coder
             assert header["precision"] == precision
             assert torch.equal(dec.y_hat, enc.y_hat), (name, coder)
@@ -109,30 +109,30 @@ def test_streams_of_older_versions_are_refused(tmp_path, base, image, monkeypatc
     """Older streams were written with other arithmetic: refused, never decoded wrongly."""
     model, meta = base
     ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
-    header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
+    header, z_words, y_words = container.unpack(streams.encode(image, model, meta["hash"], ctx, cmeta).stream)
     monkeypatch.setattr(container, "VERSION", container.VERSION - 1)
-    old = codec.pack(header, z_words, y_words)
+    old = container.pack(header, z_words, y_words)
     monkeypatch.undo()
     with pytest.raises(UserError, match="older orderopt.*encode the image again"):
-        codec.decode(old, model, meta["hash"], ctx, cmeta)
+        streams.decode(old, model, meta["hash"], ctx, cmeta)
 
 
 def test_rans_stream_that_ends_early(tmp_path, base, image):
     """Damage that keeps the checksum valid (a stream built wrongly) still fails cleanly."""
     model, meta = base
     ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
-    header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
+    header, z_words, y_words = container.unpack(streams.encode(image, model, meta["hash"], ctx, cmeta).stream)
     short = y_words.copy()
     short[1] -= 1
     with pytest.raises(UserError, match="stream is corrupt"):
-        codec.decode(codec.pack(header, z_words, short[:-1]), model, meta["hash"], ctx, cmeta)
+        streams.decode(container.pack(header, z_words, short[:-1]), model, meta["hash"], ctx, cmeta)
     for coder, message in (
         ({"name": "rans", "grid": [1, 2, 3]}, "does not read"),
         ({**header["coder"], "tables": "0" * 16}, "tables"),  # another machine's rounding
     ):
         with pytest.raises(UserError, match=message):
-            codec.decode(
-                codec.pack({**header, "coder": coder}, z_words, y_words), model, meta["hash"], ctx, cmeta
+            streams.decode(
+                container.pack({**header, "coder": coder}, z_words, y_words), model, meta["hash"], ctx, cmeta
             )
 
 
@@ -187,7 +187,7 @@ def test_damaged_payload_with_a_valid_checksum(tmp_path, base, image):
     crash or a hang (rANS must end exactly in its initial state, which catches most damage)."""
     model, meta = base
     ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[1:2]]
-    header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
+    header, z_words, y_words = container.unpack(streams.encode(image, model, meta["hash"], ctx, cmeta).stream)
     rng = np.random.default_rng(0)
     caught = 0
     for _ in range(12):
@@ -195,7 +195,7 @@ def test_damaged_payload_with_a_valid_checksum(tmp_path, base, image):
         at = rng.integers(2 + bad[0], len(bad))  # inside a substream, not its table
         bad[at] ^= np.uint32(1 << int(rng.integers(32)))
         try:
-            codec.decode(codec.pack(header, z_words, bad), model, meta["hash"], ctx, cmeta)
+            streams.decode(container.pack(header, z_words, bad), model, meta["hash"], ctx, cmeta)
         except UserError as e:
             assert "corrupt" in str(e)
             caught += 1
@@ -205,18 +205,18 @@ def test_damaged_payload_with_a_valid_checksum(tmp_path, base, image):
 def test_stream_from_another_model(tmp_path, base, image):
     model, meta = base
     ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
-    enc = codec.encode(image, model, meta["hash"], ctx, cmeta)
+    enc = streams.encode(image, model, meta["hash"], ctx, cmeta)
     with pytest.raises(UserError, match="base model"):
-        codec.decode(enc.stream, model, "0" * 16, ctx, cmeta)
+        streams.decode(enc.stream, model, "0" * 16, ctx, cmeta)
     with pytest.raises(UserError, match="context model"):
-        codec.decode(enc.stream, model, meta["hash"], ctx, {**cmeta, "hash": "x"})
+        streams.decode(enc.stream, model, meta["hash"], ctx, {**cmeta, "hash": "x"})
 
 
 def test_order_that_does_not_tile_the_proxy(tmp_path, base, image):
     model, meta = base
     ctx, cmeta = saved(AnyOrderContext(2, M, CH), tmp_path, "px", kind="anyorder", patch=2)
     with pytest.raises(UserError, match="does not tile"):
-        codec.encode(image, model, meta["hash"], ctx, cmeta, o.raster(3))
+        streams.encode(image, model, meta["hash"], ctx, cmeta, o.raster(3))
 
 
 def test_serial_autoregressive_decoder_matches_the_parallel_model(base, image):
@@ -242,10 +242,10 @@ def test_stream_from_another_device(tmp_path, base, image):
     """Float results differ between devices: such a stream is refused, not decoded wrongly."""
     model, meta = base
     ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
-    header, z_words, y_words = codec.unpack(codec.encode(image, model, meta["hash"], ctx, cmeta).stream)
-    stream = codec.pack({**header, "device": "cuda"}, z_words, y_words)
+    header, z_words, y_words = container.unpack(streams.encode(image, model, meta["hash"], ctx, cmeta).stream)
+    stream = container.pack({**header, "device": "cuda"}, z_words, y_words)
     with pytest.raises(UserError, match="--device cuda"):
-        codec.decode(stream, model, meta["hash"], ctx, cmeta)
+        streams.decode(stream, model, meta["hash"], ctx, cmeta)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is present")

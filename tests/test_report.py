@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from orderopt import report, search
+from orderopt import figures, report, search
+from orderopt.results import Run
 from tests.test_search import setup  # noqa: F401  (fixture)
 
 
@@ -57,8 +58,8 @@ def test_report_of_two_runs(setup, tmp_path):  # noqa: F811
     assert "(decode_time.png)" in text and f"--decode-time {' '.join(timed)}" in text
     labels = [
         p[2]
-        for p in report.decode_time_points(
-            [report.Run(a), report.Run(b)], report.load_decode_time(tmp_path / "t.json", [report.Run(a)])
+        for p in figures.decode_time_points(
+            [Run(a), Run(b)], figures.load_decode_time(tmp_path / "t.json", [Run(a)])
         )
     ]
     # unverified runs: candidates are drawn at their proxy rates, and say so
@@ -71,10 +72,10 @@ def test_report_of_two_runs(setup, tmp_path):  # noqa: F811
     man["arguments"] = {**man["arguments"], "images": None, "latents": "some/elsewhere.pt"}
     (other / "manifest.json").write_text(json.dumps(man))
     (other / "candidates.csv").write_text((a / "candidates.csv").read_text())
-    assert report.Run(other).held_out == "elsewhere" and "held out: elsewhere" in report.Run(other).label
-    timed = report.load_decode_time(tmp_path / "t.json", [report.Run(a)])
-    assert report.decode_time_points([report.Run(a), report.Run(other)], timed) == report.decode_time_points(
-        [report.Run(a)], timed
+    assert Run(other).held_out == "elsewhere" and "held out: elsewhere" in Run(other).label
+    timed = figures.load_decode_time(tmp_path / "t.json", [Run(a)])
+    assert figures.decode_time_points([Run(a), Run(other)], timed) == figures.decode_time_points(
+        [Run(a)], timed
     )
     timing["model_hash"] = "other"
     (tmp_path / "t.json").write_text(json.dumps(timing))

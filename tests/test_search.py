@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from orderopt import orders as o
 from orderopt import search, train
@@ -367,36 +366,6 @@ def test_optuna_with_dedicated_objective(setup, image_dir):
         str(tmp / "ded2"),
     )
     assert r.returncode == 2 and "--train-images" in r.stderr
-
-
-def test_fill_resumably_saves_what_is_done_when_interrupted(tmp_path, monkeypatch, capsys):
-    from orderopt.context import AnyOrderContext
-    from orderopt.costs import CostTable, ProxyOracle
-
-    from .test_costs import CH, M, random_latents
-
-    torch.manual_seed(0)
-    oracle = ProxyOracle(AnyOrderContext(3, M, CH).eval(), random_latents())
-    table, path = CostTable.from_oracle(oracle), tmp_path / "costs.npz"
-    real, calls = oracle.costs, []
-
-    def interrupted(subsets):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(len(subsets))
-        return real(subsets)
-
-    oracle.costs = interrupted
-    monkeypatch.setattr(search, "LONG_FILL_S", 0.0)  # every fill "long": the estimate is announced
-    with pytest.raises(KeyboardInterrupt):
-        search.fill_resumably(table, path, batch=64, save_every_s=0)
-    assert "cost table (511 decoded sets) will take about" in capsys.readouterr().err  # the full set is known
-    assert calls == [search.PROBE_SUBSETS, 64]  # the timed probe first, then a chunk
-    assert CostTable.load(path).known.sum() == search.PROBE_SUBSETS + 64 + 1  # and the full set
-    resumed = CostTable.load(path, oracle=oracle)
-    oracle.costs = real
-    search.fill_resumably(resumed, path, batch=64, save_every_s=3600)  # saves at the end anyway
-    assert CostTable.load(path).complete
 
 
 def test_rank_correlations_golden():

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from orderopt import codec, data, train
+from orderopt import container, data, streams, train
 from orderopt import orders as o
 from orderopt.context import AnyOrderContext
 from orderopt.errors import UserError
@@ -117,7 +117,7 @@ def stream(tmp_path, tiny_ckpt):
     ctx, cmeta = load_context(path)
     rng = np.random.default_rng(0)
     img = data.to_tensor(np.clip(np.cumsum(rng.normal(0, 6, (70, 90, 3)), 1) + 100, 0, 255).astype(np.uint8))
-    enc = codec.encode(img, base, meta["hash"], ctx, cmeta, o.paper_order(2))
+    enc = streams.encode(img, base, meta["hash"], ctx, cmeta, o.paper_order(2))
     assert enc.y_hat.abs().sum() > 0
     return enc.stream, base, meta, ctx, cmeta
 
@@ -125,8 +125,8 @@ def stream(tmp_path, tiny_ckpt):
 def crafted(stream: bytes, **changes) -> bytes:
     """The stream with header fields replaced and a valid container CRC: what an attacker who
     knows the format can write."""
-    header, z_words, y_words = codec.unpack(stream)
-    return codec.pack({**header, **changes}, z_words, y_words)
+    header, z_words, y_words = container.unpack(stream)
+    return container.pack({**header, **changes}, z_words, y_words)
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_crafted_headers_are_refused(stream, changes, message):
     s, base, meta, ctx, cmeta = stream
     t = time.perf_counter()
     with pytest.raises(UserError, match=message) as err:
-        codec.decode(crafted(s, **changes), base, meta["hash"], ctx, cmeta)
+        streams.decode(crafted(s, **changes), base, meta["hash"], ctx, cmeta)
     assert time.perf_counter() - t < 5
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
 
@@ -194,7 +194,7 @@ def test_container_crc_still_guards_random_damage(stream):
     b = bytearray(s)
     b[len(b) // 2] ^= 0x40
     with pytest.raises(UserError, match="corrupt"):
-        codec.decode(bytes(b), base, meta["hash"], ctx, cmeta)
+        streams.decode(bytes(b), base, meta["hash"], ctx, cmeta)
     assert zlib.crc32(s) != zlib.crc32(bytes(b))
 
 
