@@ -79,7 +79,8 @@ def summary(rows: list[dict], meta: dict, images: str) -> dict:
     keys = ("bpp", "bpp_y", "bpp_z", "psnr")
     return {
         "name": "orderopt-hyperprior",
-        "description": f"mean-scale hyperprior (no spatial context), {meta['arch']}, on {images}",
+        "description": meta.get("description", f"mean-scale hyperprior (no spatial context), {meta['arch']}")
+        + f", on {images}",
         "model_hash": meta["hash"],
         "lmbda": meta["lmbda"],
         "results": {k: [float(np.mean([r[k] for r in rows]))] for k in keys},

@@ -7,6 +7,9 @@ The context models of :mod:`orderopt.context` refine exactly these Gaussians, wi
 Quantisation: ŷ = round(y) and ẑ = round(z) (no mean offset), so that every context model
 codes the same ŷ and an order never changes the distortion. Training uses additive uniform
 noise for the rate and straight-through rounding for the synthesis input.
+
+CompressAI checkpoints (its mean-scale and scale hyperpriors) load into these modules too:
+:mod:`orderopt.compressai`.
 """
 
 from __future__ import annotations
@@ -184,6 +187,10 @@ class HyperpriorCodec(nn.Module):
     def arch(self) -> dict[str, int]:
         return {"N": self.N, "M": self.M}
 
+    def hyper_analysis(self, y: torch.Tensor) -> torch.Tensor:
+        """z from y (the scale hyperprior of :mod:`orderopt.compressai` analyses |y| instead)."""
+        return self.h_a(y)
+
     @staticmethod
     def split_hyper(hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h = h_s(ẑ) holds (scales, means) in its two channel halves."""
@@ -193,7 +200,7 @@ class HyperpriorCodec(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training pass: noisy rates, straight-through rounded synthesis input."""
         y = self.g_a(x).float()
-        z = self.h_a(y).float()
+        z = self.hyper_analysis(y).float()
         hyper = self.h_s(ste_round(z)).float()
         x_hat = self.g_s(ste_round(y)).float()
         # Likelihoods in float32 even under bfloat16 autocast: the transforms tolerate 8-bit
@@ -210,7 +217,7 @@ class HyperpriorCodec(nn.Module):
     def analyze(self, x: torch.Tensor) -> Analysis:
         """Quantized latents of padded images x (B, 3, H, W), H and W multiples of 64."""
         y = self.g_a(x)
-        z_hat = torch.round(self.h_a(y))
+        z_hat = torch.round(self.hyper_analysis(y))
         z_bits = -torch.log2(self.z_prior.likelihood(z_hat)).flatten(1).sum(1)
         return Analysis(torch.round(y), self.h_s(z_hat), z_hat, z_bits)
 
@@ -280,8 +287,21 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def load_model(path: str | Path | None = None, quality: int | None = None) -> tuple[HyperpriorCodec, dict]:
     """The base model of a checkpoint (the shipped one of ``quality`` when ``path`` is None), in
-    eval mode and float32, with the checkpoint's metadata (everything but the weights)."""
-    ckpt = read_checkpoint(shipped_weights("base", quality) if path is None else path)
+    eval mode and float32, with the checkpoint's metadata (everything but the weights).
+    ``compressai:ARCH:PATH`` reads a CompressAI checkpoint instead (:mod:`orderopt.compressai`)."""
+    from . import compressai
+
+    spec = compressai.parse_spec(str(path)) if path is not None else None
+    if spec is not None:
+        return compressai.load_compressai(*spec)
+    try:
+        ckpt = read_checkpoint(shipped_weights("base", quality) if path is None else path)
+    except UserError as err:
+        if path is not None and "is not an orderopt" in str(err) and compressai.looks_like_compressai(path):
+            raise UserError(
+                f"{err}; for a CompressAI checkpoint pass --model compressai:ARCH:{path}"
+            ) from None
+        raise
     arch = ckpt["arch"]
     model = HyperpriorCodec(int(arch["N"]), int(arch["M"]))
     try:
@@ -296,7 +316,9 @@ def load_model(path: str | Path | None = None, quality: int | None = None) -> tu
 def add_model_options(parser, what: str = "") -> None:
     """``--model`` and ``--quality``, shared by every command that runs the base codec."""
     parser.add_argument(
-        "--model", help=f"base-model checkpoint{what} (default: the shipped model of --quality)"
+        "--model",
+        help="base-model checkpoint, or a CompressAI one as compressai:ARCH:PATH (ARCH: "
+        f"bmshj2018-hyperprior or mbt2018-mean){what} (default: the shipped model of --quality)",
     )
     parser.add_argument(
         "--quality",
