@@ -15,6 +15,7 @@ was verified). For each row:
 Writes OUT/STEM.{json,md,png}.
 
     python experiments/bd_rate_contexts.py --runs RUN_Q1 RUN_Q2 RUN_Q3 [--runs RUN_Q1 RUN_Q2 RUN_Q3]
+        [--images DIR]
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def named_rows(df: pd.DataFrame, patch: int) -> dict[str, pd.Series]:
     return rows
 
 
-def quality_psnr(run: Path, cache: dict) -> tuple[int, float]:
-    """The shipped quality of a run's base model and its mean PSNR on the run's images."""
+def quality_psnr(run: Path, cache: dict, images: str | None = None) -> tuple[int, float]:
+    """The shipped quality of a run's base model and its mean PSNR on the run's images (on
+    ``images`` instead when given)."""
     m = json.loads((run / "manifest.json").read_text())
     q = shipped_quality(m["model_hash"])
     if q is None:
         raise SystemExit(f"{run}: its base model {m['model_hash']} is not a shipped quality")
-    images = m["arguments"].get("images")
+    images = images or m["arguments"].get("images")
     key = (q, images)
     if key not in cache:
         model, _ = load_model(quality=q)
@@ -86,6 +88,11 @@ def main() -> None:
     )
     p.add_argument("--out", default="results", help="output folder (default results)")
     p.add_argument("--stem", default="bd_rate_contexts", help="output file stem (default bd_rate_contexts)")
+    p.add_argument(
+        "--images",
+        help="measure the base models' PSNR on this image folder instead of on each run's own images "
+        "(default: each run's images, the embedded photographs unless its search had --images)",
+    )
     args = p.parse_args()
     cache: dict = {}
     table, lines = [], []
@@ -93,7 +100,7 @@ def main() -> None:
         runs = [Path(r) for r in group]
         qs, psnrs, frames = [], [], []
         for run in runs:
-            q, psnr = quality_psnr(run, cache)
+            q, psnr = quality_psnr(run, cache, args.images)
             qs.append(q)
             psnrs.append(psnr)
             frames.append(pd.read_csv(run / "candidates.csv"))
@@ -124,7 +131,9 @@ def main() -> None:
         lines += [
             f"## {patch}×{patch} runs: {', '.join(str(r) for r in runs)}",
             "",
-            "PSNR (dB) of q1–q3 on these images: " + ", ".join(f"{v:.2f}" for v in psnrs) + ".",
+            f"PSNR (dB) of q1–q3 on {args.images or 'these images'}: "
+            + ", ".join(f"{v:.2f}" for v in psnrs)
+            + ".",
             "",
             "| schedule | bpp q1 / q2 / q3 | BD-rate vs checkerboard "
             "| gain vs checkerboard per quality [95% CI] "
@@ -182,6 +191,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{args.stem}.png", dpi=100)
     command = "python experiments/bd_rate_contexts.py " + " ".join("--runs " + " ".join(g) for g in args.runs)
+    command += f" --images {args.images}" if args.images else ""
     text = (
         "# BD-rate of context models and decoding orders over three qualities\n\n"
         "Rates on each run's basis (the proxy's unless stated), ŷ and ẑ; BD-rate with the `bjontegaard` "

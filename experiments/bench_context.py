@@ -8,7 +8,7 @@
    masked convolutions. The ideal ratio is 16.
 
 Writes results/bench_context.{json,md} (``bench_context_cuda.*`` with --device cuda).
-    python experiments/bench_context.py [--out results] [--device cuda]
+    python experiments/bench_context.py [--out results] [--device cuda] [--model CKPT] [--images DIR]
 """
 
 from __future__ import annotations
@@ -32,15 +32,19 @@ from orderopt.model import load_model
 @torch.no_grad()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="results", help="output folder")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--out", default="results", help="output folder (default results)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     add_device_option(p, "cpu")
+    p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    p.add_argument(
+        "--images", help="image folder whose latents are rated (default: the embedded photographs)"
+    )
     args = p.parse_args()
     device = torch_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, meta = load_model()
-    lat = extract_latents(model, data.load_images(None), meta["hash"], progress=False)
+    model, meta = load_model(args.model)
+    lat = extract_latents(model, data.load_images(args.images), meta["hash"], progress=False)
     m, c = lat.latent_channels, lat.hyper_channels
     result: dict = {
         "device": device_name(device),
@@ -120,9 +124,13 @@ def main() -> None:
             row[form] = 1e3 * median_seconds(step, repeat=5, device=device)
         result["training_forms_ms"][f"{k}x{k}"] = row
         print(f"{k}×{k} training forward+backward (ms): " + ", ".join(f"{f} {v:.1f}" for f, v in row.items()))
-    result["command"] = "python experiments/bench_context.py" + (
-        f" --device {args.device}" if device.type != "cpu" else ""
+    result["command"] = (
+        "python experiments/bench_context.py"
+        + (f" --device {args.device}" if device.type != "cpu" else "")
+        + (f" --model {args.model}" if args.model else "")
+        + (f" --images {args.images}" if args.images else "")
     )
+    where = f"images in {args.images}" if args.images else "embedded photographs"
     stem = "bench_context" if device.type == "cpu" else f"bench_context_{device.type}"
     rows = "\n".join(
         f"| {k} | {v['subsets_per_s']:.1f} | {v['plain_forward_subsets_per_s']:.2f} | {v['speedup']:.0f}× | "
@@ -132,7 +140,7 @@ def main() -> None:
     ms_r = result["multistage_4x4"]
     text = (
         f"# Rate-engine speed ({result['device']}, torch {result['torch']}, M = {m})\n\n"
-        f"Regenerate: `{result['command']}`. Latents of the {len(lat)} embedded photographs.\n\n"
+        f"Regenerate: `{result['command']}`. Latents of the {len(lat)} {where}.\n\n"
         "| patch | cost-table subsets/s | plain forward subsets/s | speed-up | subsets in full table | "
         "full table (s) |\n|---|---|---|---|---|---|\n" + rows + "\n\n"
         f"4×4 multistage model on a 48×32 latent: strided {ms_r['strided_s'] * 1e3:.2f} ms, naive "

@@ -21,12 +21,14 @@ cost-table file that ``search --patch 4 --table-fraction 1 --out DIR`` resumes f
 (DIR/costs.npz).
 
     python experiments/bench_cost_table.py [--quality 2]
+    python experiments/bench_cost_table.py --model CKPT --proxy PROXY [--images DIR]  # another model
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -129,15 +131,20 @@ def main() -> None:
     p.add_argument("--save-table", help="also write the exact table as a cost-table .npz here")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--model", help="base-model checkpoint (default: the shipped model of --quality)")
+    p.add_argument("--proxy", help="any-order proxy of --patch (default: the shipped one of --quality)")
+    p.add_argument("--images", help="held-out image folder (default: the embedded photographs)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     k, k2 = args.patch, args.patch**2
-    model, meta = load_model(quality=args.quality)
-    lat, _ = cached_latents(model, meta["hash"], data.load_images(None))
-    proxy, proxy_meta = load_context(shipped_weights(f"proxy_k{k}", args.quality))
+    model, meta = load_model(args.model, None if args.model else args.quality)
+    lat, _ = cached_latents(model, meta["hash"], data.load_images(args.images))
+    proxy, proxy_meta = load_context(args.proxy or shipped_weights(f"proxy_k{k}", args.quality))
     oracle = ProxyOracle(proxy, lat)
     sizes = [rows_per_image(lat, k, q) for q in range(k2)]
-    blocks = row_level(oracle, Path(args.cache) / f"q{args.quality}-k{k}-{lat.images_hash}")
+    shipped = not (args.model or args.proxy)  # the shipped pair of --quality (cache named by it)
+    key = f"q{args.quality}" if shipped else f"{meta['hash']}-{proxy_meta['hash']}"
+    blocks = row_level(oracle, Path(args.cache) / f"{key}-k{k}-{lat.images_hash}")
     exact = table_from_rows(blocks, sizes, k)
     table_meta = {
         "model_hash": lat.model_hash,
@@ -162,7 +169,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "quality": args.quality,
         "patch": k,
-        "images": "embedded photographs",
+        "images": f"images in {args.images}" if args.images else "embedded photographs",
         "rows_per_position": [sum(s) for s in sizes],
         "exact": {
             "sets_per_s": round(sets_per_s, 1),
@@ -235,17 +242,28 @@ def main() -> None:
                 }
             )
         result["row_sampling"][f"{f:g}"] = summary(runs, str(best_order))
-    save_results(result, markdown(result), args.out, "bench_cost_table")
-    print(markdown(result))
+    if not shipped or args.images:
+        # another model, proxy or images: the command and the models say so (the shipped pair's
+        # table keeps its form)
+        command = " ".join(["python experiments/bench_cost_table.py", *sys.argv[1:]])
+        models = f"Model {args.model or f'shipped, quality {args.quality}'}, proxy {args.proxy or 'shipped'}"
+        text = markdown(result, command, models)
+    else:
+        text = markdown(result)
+    save_results(result, text, args.out, "bench_cost_table")
+    print(text)
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, command: str | None = None, models: str | None = None) -> str:
+    """The table of a run; ``command`` and ``models`` (in words) default to the shipped pair of
+    its quality."""
     k, e = r["patch"], r["exact"]
+    command = command or f"python experiments/bench_cost_table.py --quality {r['quality']}"
+    models = models or f"Shipped model, quality {r['quality']}, its {k}×{k} proxy"
     lines = [
         f"# The {k}×{k} cost table from a fraction of its sets ({r['machine']})",
         "",
-        f"Regenerate: `python experiments/bench_cost_table.py --quality {r['quality']}`. Shipped "
-        f"model, quality {r['quality']}, its {k}×{k} proxy, the {r['images']} "
+        f"Regenerate: `{command}`. {models}, the {r['images']} "
         f"({r['rows_per_position'][0]} latent positions per in-patch position).",
         "",
         f"Exact float32 table on this machine: {e['sets_per_s']} decoded sets per second, so "

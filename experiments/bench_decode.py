@@ -29,12 +29,14 @@ Writes results/decode_time.{json,md} (``decode_time_cuda.*`` with --device cuda,
     python experiments/bench_decode.py [--repeat 7] [--device cuda] [--coder gaussian]
         [--precision float32 bfloat16]
     python experiments/bench_decode.py --coders-only
+    python experiments/bench_decode.py --model CKPT --images DIR --reference NAME  # another model
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 from concurrent.futures import ThreadPoolExecutor
@@ -179,16 +181,25 @@ def main() -> None:
     p.add_argument(
         "--symbols", type=int, default=SYMBOLS, help="symbols coded by --coders-only (default: a 768×512 ŷ)"
     )
+    p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    p.add_argument("--images", help="image folder (default: the embedded photographs)")
+    p.add_argument(
+        "--reference",
+        default="motorcycle",
+        help="the image of the per-image ratios (the *_on_768x512 figures; default motorcycle, the "
+        "embedded 768×512 photograph)",
+    )
     args = p.parse_args()
     if args.coders_only:
         coder_throughput(args.symbols, args.repeat or 5, args.out)
         return
     args.repeat = args.repeat or 7
+    load_start = os.getloadavg()[0]  # other work on the machine slows every schedule alike
     rans.prepare()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch_device(args.device, deterministic=True)
-    base, meta = load_model()
+    base, meta = load_model(args.model)
     base.to(device)
     m, c = base.M, 2 * base.M
     given = dict(s.split("=", 1) for s in args.context)
@@ -211,7 +222,12 @@ def main() -> None:
 
     timings = [(label(n, p), n, p) for n in models for p in args.precision]
     rows = []
-    for im in data.load_images(None):
+    images = data.load_images(args.images)
+    if args.reference not in {im.name for im in images}:
+        raise SystemExit(
+            f"error: no image {args.reference!r} (--reference) among {[im.name for im in images]}"
+        )
+    for im in images:
         h, w = im.image.shape[1:]
         encoded = {
             key: streams.encode(
@@ -256,7 +272,7 @@ def main() -> None:
         key: {k: statistics.median(x[k] for x in rows if x["schedule"] == key) for k in keys}
         for key, _, _ in timings
     }
-    moto = {x["schedule"]: x for x in rows if x["image"] == "motorcycle"}
+    moto = {x["schedule"]: x for x in rows if x["image"] == args.reference}
     ratios = {}
     for p in args.precision:
         ar, k4 = moto[label("autoregressive", p)], moto[label("paper 4x4", p)]
@@ -290,6 +306,10 @@ def main() -> None:
         + (f" --device {args.device}" if device.type != "cpu" else "")
         + (f" --coder {args.coder}" if args.coder != "rans" else "")
         + (f" --precision {' '.join(args.precision)}" if args.precision != ["float32", "bfloat16"] else "")
+        + (f" --repeat {args.repeat}" if args.repeat != 7 else "")
+        + (f" --model {args.model}" if args.model else "")
+        + (f" --images {args.images}" if args.images else "")
+        + (f" --reference {args.reference}" if args.reference != "motorcycle" else "")
     )
     result = {
         "device": where,
@@ -297,6 +317,7 @@ def main() -> None:
         "model_hash": meta["hash"],
         "repeat": args.repeat,
         "coder": args.coder,
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "note": "dedicated models at initialisation unless given: timings do not depend on weight values",
         "median_over_images": summary,
         "ratios": ratios,
@@ -305,13 +326,17 @@ def main() -> None:
     }
     stem = "decode_time" + (f"_{device.type}" if device.type != "cpu" else "")
     stem += f"_{args.coder}" if args.coder != "rans" else ""
+    ref = next(im for im in images if im.name == args.reference)
+    ph, pw = (-(-n // 64) * 64 for n in ref.image.shape[1:])  # coded padded to multiples of 64
+    ref_text = f"{pw}×{ph} (padded) {args.reference}"
+    where = f"images in {args.images}" if args.images else "embedded photographs"
     lines = [
-        "| schedule | serial stages (motorcycle) | ŷ decoding (ms) | context network (ms) | "
+        f"| schedule | serial stages ({args.reference}) | ŷ decoding (ms) | context network (ms) | "
         "entropy coding (ms) | ẑ + h_s (ms) | synthesis g_s (ms) | whole decode (ms) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, v in summary.items():
-        st = next(x["stages"] for x in rows if x["schedule"] == name and x["image"] == "motorcycle")
+        st = next(x["stages"] for x in rows if x["schedule"] == name and x["image"] == args.reference)
         cells = " | ".join(f"{1e3 * v[k]:.1f}" for k in keys)
         lines.append(f"| {name} | {st} | {cells} |")
     summary_lines = []
@@ -320,7 +345,7 @@ def main() -> None:
         summary_lines.append(
             f"{p}: ŷ decoding time, 2×2 / checkerboard: {ratios['2x2_over_checkerboard' + sx]:.2f}×; "
             f"4×4 / checkerboard: {ratios['4x4_over_checkerboard' + sx]:.2f}×; autoregressive / 4×4 on "
-            f"the 768×512 (padded) motorcycle: {ratios['autoregressive_over_4x4_on_768x512' + sx]:.1f}× "
+            f"the {ref_text}: {ratios['autoregressive_over_4x4_on_768x512' + sx]:.1f}× "
             f"(context network alone: {ratios['autoregressive_over_4x4_network_only_on_768x512' + sx]:.1f}×; "
             f"the ceiling for any context model, autoregressive / hyperprior-only: "
             f"{ratios['autoregressive_over_hyperprior_on_768x512' + sx]:.1f}×)."
@@ -328,14 +353,15 @@ def main() -> None:
     fp = ratios["fastest_precision"]
     summary_lines.append(
         f"The fastest decoder of each (autoregressive in {fp['autoregressive']}, 4×4 in "
-        f"{fp['paper 4x4']}): autoregressive / 4×4 on the motorcycle "
+        f"{fp['paper 4x4']}): autoregressive / 4×4 on the {args.reference} "
         f"{ratios['autoregressive_over_4x4_on_768x512_fastest']:.1f}× (ceiling, against hyperprior-only "
         f"in {fp['hyperprior']}: {ratios['autoregressive_over_hyperprior_on_768x512_fastest']:.1f}×)."
     )
     text = (
         f"# Decoding time ({result['device']}, torch {result['torch']}, ŷ coder {args.coder})\n\n"
-        f"Median over the embedded photographs of the median of {args.repeat} decodes (the schedules "
+        f"Median over the {where} of the median of {args.repeat} decodes (the schedules "
         "take turns). "
+        f"Load average (1 min) {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end. "
         f"Regenerate: `{result['command']}`. {result['note']}.\n\n"
         + "\n".join(lines)
         + "\n\n"

@@ -6,12 +6,14 @@ after a few warm-up steps. Answers "how long would --verify or a longer proxy ta
 
 Writes results/bench_train.{json,md} (``bench_train_cuda.*`` with --device cuda).
     python experiments/bench_train.py [--steps 40] [--device cuda]
+        [--model CKPT] [--images DIR] [--batch 16] [--crop 16] [--warmup 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 from outputs import save_results
@@ -34,24 +36,32 @@ MODELS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=40, help="timed optimisation steps per model")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    cfg = FitConfig()
+    p.add_argument("--steps", type=int, default=40, help="timed optimisation steps per model (default 40)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     add_device_option(p, "cpu")
-    p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--out", default="results", help="output folder (default results)")
+    p.add_argument("--model", help="base-model checkpoint (default: the shipped model)")
+    p.add_argument("--images", help="image folder of the latents (default: the embedded photographs)")
+    p.add_argument("--batch", type=int, default=cfg.batch, help=f"crops per step (default {cfg.batch})")
+    p.add_argument("--crop", type=int, default=cfg.crop, help=f"crop side in latents (default {cfg.crop})")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones (default 5)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch_device(args.device)
-    base, meta = load_model()
-    lat = extract_latents(base, data.load_images(None), meta["hash"], progress=False)
+    base, meta = load_model(args.model)
+    lat = extract_latents(base, data.load_images(args.images), meta["hash"], progress=False)
+    cfg = FitConfig(batch=args.batch, crop=args.crop)
     m, c = lat.latent_channels, lat.hyper_channels
     rows = {}
     for name, (kind, order, patch) in MODELS.items():
         model = build_context(kind, m, c, order=order, patch=patch)
-        fit_context(model, lat, FitConfig(steps=5), progress=False, device=device)  # warm-up
+        if args.warmup:
+            fit_context(model, lat, replace(cfg, steps=args.warmup), progress=False, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        fit_context(model, lat, FitConfig(steps=args.steps, seed=1), progress=False, device=device)
+        fit_context(model, lat, replace(cfg, steps=args.steps, seed=1), progress=False, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         rate = args.steps / (time.perf_counter() - t)
@@ -61,7 +71,11 @@ def main() -> None:
     command = "python experiments/bench_train.py" + (
         f" --device {args.device}" if device.type != "cpu" else ""
     )
-    cfg = FitConfig()
+    command += "".join(
+        f" --{k} {v}"
+        for k, v in vars(args).items()
+        if k in ("steps", "model", "images", "batch", "crop", "warmup") and v != p.get_default(k)
+    )
     result = {
         "device": device_name(device),
         "torch": torch.__version__,
@@ -75,7 +89,7 @@ def main() -> None:
     text = (
         f"# Context-model training speed ({result['device']}, torch {result['torch']})\n\n"
         f"Regenerate: `{command}`. Batch {cfg.batch} crops of {cfg.crop}×{cfg.crop} latents, "
-        f"{args.steps} timed steps after 5 warm-up steps.\n\n"
+        f"{args.steps} timed steps after {args.warmup} warm-up steps.\n\n"
         "| model | steps/s | s per 1,000 steps |\n|---|---|---|\n" + table + "\n"
     )
     save_results(result, text, args.out, stem)

@@ -6,7 +6,7 @@ embedded photographs every 500 steps; for a proxy, those of the patch's raster o
 its autoregressive mask) and plots them, with the last relative improvement per model, so
 that one sees whether each model had stopped improving.
 
-    python experiments/context_curves.py [--dir results/context]
+    python experiments/context_curves.py [--dir results/context] [--out DIR] [--images DIR]
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from orderopt.model import gaussian_bits, load_model
 
 
 @torch.no_grad()
-def base_bits_per_latent(quality: int) -> float:
+def base_bits_per_latent(quality: int, images: str | None = None) -> float:
     """Bits per latent element of the base model's own entropy model (the hyperprior alone) on
-    the embedded photographs: the rate every context model starts to improve on."""
+    the embedded photographs (or ``images``): the rate every context model starts to improve on."""
     model, meta = load_model(quality=quality)
-    lat, _ = cached_latents(model, meta["hash"], data.load_images(None), progress=False)
+    lat, _ = cached_latents(model, meta["hash"], data.load_images(images), progress=False)
     bits = 0.0
     for e in lat.entries:
         means, scales = model.split_hyper(e.hyper[None])
@@ -65,8 +65,20 @@ def stage_files(folder: Path, stem: str) -> list[Path]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", default="results/context", help="folder of the records (default results/context)")
+    p.add_argument("--out", help="output folder of curves.{png,json,md} (default: the --dir folder)")
+    p.add_argument(
+        "--images",
+        help="image folder the base models' own rate (the dashed line) is measured on (default: the "
+        "embedded photographs, those of the records' curves)",
+    )
     args = p.parse_args()
     folder = Path(args.dir)
+    out = Path(args.out) if args.out else folder
+    command = "python experiments/context_curves.py" + "".join(
+        f" --{k} {v}"
+        for k, v in (("dir", args.dir), ("out", args.out), ("images", args.images))
+        if v and v != p.get_default(k)
+    )
     qualities = sorted({f.name.split("_")[0] for f in folder.glob("q*_*.json")})
     fig, axes = plt.subplots(1, len(qualities), figsize=(5.5 * len(qualities), 4), squeeze=False)
     lines = [
@@ -76,7 +88,7 @@ def main() -> None:
     result = {}
     base_lines = ["| quality | base model's own hyperprior (bits per latent) |", "|---|---|"]
     for q, ax in zip(qualities, axes[0], strict=True):
-        base = base_bits_per_latent(int(q[1:]))
+        base = base_bits_per_latent(int(q[1:]), args.images)
         result[f"{q}/base"] = base
         base_lines.append(f"| {q} | {base:.4f} |")
         ax.axhline(base, color="k", ls="--", lw=1, label="base model's hyperprior alone")
@@ -116,10 +128,11 @@ def main() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / "curves.png", dpi=100)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "curves.png", dpi=100)
     text = (
         "# Held-out learning curves of the shipped context models\n\n"
-        "Regenerate: `python experiments/context_curves.py`. The learning rate drops ÷10 for the last 20% "
+        f"Regenerate: `{command}`. The learning rate drops ÷10 for the last 20% "
         "of each model's steps, which gives the last step's drop. Curves start from random weights (q2) or "
         "from q2's models (q1, q3: `init`; their proxies in stages of 1,500 steps, each resumed from "
         "the previous stage's weights with a fresh optimizer and the next seed: two for q1, three for "
@@ -127,9 +140,7 @@ def main() -> None:
         "base model's own entropy model, the rate with no spatial context that every context model has "
         "to beat.\n\n" + "\n".join(base_lines) + "\n\n" + "\n".join(lines) + "\n\n![curves](curves.png)\n"
     )
-    save_results(
-        {"command": "python experiments/context_curves.py", "curves": result}, text, folder, "curves"
-    )
+    save_results({"command": command, "curves": result}, text, out, "curves")
     print(text)
 
 

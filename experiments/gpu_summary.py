@@ -7,7 +7,7 @@ Prints, and writes to results/gpu/summary.md:
 - the 4×4 cost table computed on the GPU against the CPU one (largest relative difference,
   whether the DP optimum is the same order, and the time of each).
 
-    python experiments/gpu_summary.py [--results results]
+    python experiments/gpu_summary.py [--results results] [--out RESULTS/gpu/summary.md]
 """
 
 from __future__ import annotations
@@ -89,6 +89,12 @@ def table_lines(results: Path) -> list[str]:
     cpu, gpu = results / "search-patch4-dp", results / "search-patch4-dp-cuda"
     if not (cpu / "costs.npz").is_file() or not (gpu / "costs.npz").is_file():
         return ["(no CPU/GPU pair of 4×4 DP runs)"]
+    ma, mb = (json.loads((r / "manifest.json").read_text()) for r in (cpu, gpu))
+    if ma.get("model_hash") != mb.get("model_hash"):  # another model's table: nothing to compare
+        return [
+            f"(the CPU and GPU 4×4 DP runs are of different models, {ma.get('model_hash')} and "
+            f"{mb.get('model_hash')}: rerun the GPU one)"
+        ]
     a, b = np.load(cpu / "costs.npz")["table"], np.load(gpu / "costs.npz")["table"]
     same_nan = bool(np.array_equal(np.isnan(a), np.isnan(b)))
     rel = float(np.nanmax(np.abs(a - b) / np.abs(a)))
@@ -97,7 +103,6 @@ def table_lines(results: Path) -> list[str]:
         c = pd.read_csv(run / "candidates.csv")
         return str(c[c["source"] == "dp"]["order"].iloc[0])
 
-    ma, mb = (json.loads((r / "manifest.json").read_text()) for r in (cpu, gpu))
     return [
         f"4×4 cost table (2^16 × 16 entries): {ma['device']} {ma['timings_s']['table_s']:.0f} s, "
         f"{mb['device']} {mb['timings_s']['table_s']:.1f} s; largest relative difference {rel:.1e} "
@@ -108,8 +113,11 @@ def table_lines(results: Path) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default="results", help="results folder")
-    results = Path(p.parse_args().results)
+    p.add_argument("--results", default="results", help="results folder (default results)")
+    p.add_argument("--out", type=Path, help="output file (default: RESULTS/gpu/summary.md)")
+    args = p.parse_args()
+    results = Path(args.results)
+    out = args.out or results / "gpu" / "summary.md"
     text = "\n".join(
         ["# GPU runs", "", "Regenerate: `python experiments/gpu_summary.py`.", ""]
         + decode_lines(results)
@@ -119,8 +127,8 @@ def main() -> None:
         + table_lines(results)
     )
     print(text)
-    (results / "gpu").mkdir(parents=True, exist_ok=True)
-    atomic_write(results / "gpu" / "summary.md", lambda tmp: tmp.write_text(text + "\n"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: tmp.write_text(text + "\n"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from orderopt.files import atomic_write
-from orderopt.report import Run, gain_text
+from orderopt.results import Run
+from orderopt.summary import gain_text
 
 
 def main() -> None:

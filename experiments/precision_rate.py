@@ -13,7 +13,7 @@ and reports the ŷ + ẑ payload of each stream against the float32 one:
   the form whose stages ``DecodingState`` computes.
 
 Every stream is decoded again and must reproduce ŷ exactly. Writes
-results/precision_rate.{json,md}.   python experiments/precision_rate.py
+results/precision_rate.{json,md}.   python experiments/precision_rate.py [--images DIR]
 """
 
 from __future__ import annotations
@@ -54,13 +54,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument("--images", help="image folder (default: the embedded photographs)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rans.prepare()
     base, meta = load_model()
+    images = data.load_images(args.images)
     rows = []
     for label, model, cmeta, order in contexts(base.M, 2 * base.M):
-        for im in data.load_images(None):
+        for im in images:
             sizes = {}
             for precision in container.PRECISIONS:
                 enc = streams.encode(im.image, base, meta["hash"], model, cmeta, order, precision=precision)
@@ -100,7 +102,8 @@ def main() -> None:
         "model_hash": meta["hash"],
         "summary": summary,
         "rows": rows,
-        "command": "python experiments/precision_rate.py",
+        "command": "python experiments/precision_rate.py"
+        + (f" --images {args.images}" if args.images else ""),
     }
 
     def cell(v: dict, digits: int) -> str:
@@ -116,8 +119,13 @@ def main() -> None:
     ]
     text = (
         f"# Rate of a bfloat16 context network ({result['device']}, torch {result['torch']})\n\n"
-        "Real streams (ŷ and ẑ payload, rANS) of the embedded photographs, which no model was "
-        "trained on, coded with the context network in float32 and in bfloat16; every stream "
+        "Real streams (ŷ and ẑ payload, rANS) of the "
+        + (
+            f"images in {args.images}"
+            if args.images
+            else "embedded photographs, which no model was trained on"
+        )
+        + ", coded with the context network in float32 and in bfloat16; every stream "
         "decodes to the same ŷ. Change of bfloat16 against float32, median (min, max) over the "
         "images; the payload moves in whole 32-bit words, the likelihood estimate (bits of ŷ and ẑ "
         f"under the same Gaussians) does not. Regenerate: `{result['command']}`.\n\n"

@@ -7,7 +7,7 @@ budget (steps, batch, crop, learning rate, seed) on the same training latents, a
 the same held-out images, with 95% paired-bootstrap intervals over those images.
 
     python experiments/proxy_gaps.py --train-latents checkpoints/context/train_latents.pt \
-        [--images DIR] [--out results] [--stem proxy_gaps]
+        [--images DIR] [--out results] [--stem proxy_gaps] [--model CKPT --proxy P.pt ...]
 
 Dedicated models are kept (and resumed) under --models (default checkpoints/proxy_gaps).
 """
@@ -75,18 +75,30 @@ def main() -> None:
     p.add_argument("--train-latents", required=True, help="training latents of the shipped proxies")
     p.add_argument("--images", help="held-out images (default: the embedded photographs)")
     p.add_argument("--proxy", nargs="+", help="proxies (default: the shipped ones)")
-    p.add_argument("--models", type=Path, default=Path("checkpoints/proxy_gaps"), help="dedicated models")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--steps", type=int, default=3000, help="dedicated models' steps (the proxies' budget)")
+    p.add_argument(
+        "--model",
+        help="base-model checkpoint of the held-out latents (default: the shipped model; another needs "
+        "its own --proxy and --train-latents)",
+    )
+    p.add_argument(
+        "--models",
+        type=Path,
+        default=Path("checkpoints/proxy_gaps"),
+        help="dedicated models (default checkpoints/proxy_gaps)",
+    )
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument(
+        "--steps", type=int, default=3000, help="dedicated models' steps (default 3000, the proxies' budget)"
+    )
     p.add_argument(
         "--autoregressive",
         help="a dedicated autoregressive model trained with that budget (e.g. the shipped one, from "
         "experiments/train_shipped_context.sh) instead of training one here",
     )
-    p.add_argument("--out", default="results", help="output folder")
-    p.add_argument("--stem", default="proxy_gaps", help="output file stem")
+    p.add_argument("--out", default="results", help="output folder (default results)")
+    p.add_argument("--stem", default="proxy_gaps", help="output file stem (default proxy_gaps)")
     args = p.parse_args()
-    base, meta = load_model()
+    base, meta = load_model(args.model)
     held = cached_latents(base, meta["hash"], data.load_images(args.images))[0]
     train = load_latents(args.train_latents)
     boot = Bootstrap(args.bootstrap, 0)
@@ -111,7 +123,8 @@ def main() -> None:
             model, ar_meta = load_context(args.autoregressive)
             if ar_meta.get("steps_done") != steps or ar_meta.get("model_hash") != meta["hash"]:
                 raise SystemExit(
-                    f"error: {args.autoregressive} is not a {steps}-step model of the shipped base"
+                    f"error: {args.autoregressive} is not a {steps}-step model of the "
+                    + (f"base model {args.model}" if args.model else "shipped base")
                 )
             rec = measure(model, held)
         else:
@@ -125,6 +138,7 @@ def main() -> None:
         f"python experiments/proxy_gaps.py --train-latents {args.train_latents} --steps {steps}"
         + (f" --autoregressive {args.autoregressive}" if args.autoregressive else "")
         + (f" --images {args.images} --stem {args.stem}" if args.images else "")
+        + (f" --model {args.model} --proxy {' '.join(args.proxy or [])}" if args.model else "")
     )
     result["command"] = cmd
 

@@ -5,11 +5,12 @@ The command comes from the file itself: a markdown file's ``Regenerate: `…` ``
 file's ``command`` key, a search run's ``manifest.json``, or the ``.md`` beside a ``.json``.
 Search runs written before the one-basis schema are marked as such.
 
-    python experiments/results_index.py
+    python experiments/results_index.py [--results results]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 from orderopt.files import atomic_write
 from orderopt.model import QUALITIES, read_checkpoint, shipped_weights
 
-ROOT = Path("results")
+ROOT = Path("results")  # the default --results
 HEADLINE = ["report/report.md", "report/tradeoff.png", "report/gains.png"]
 
 
@@ -59,7 +60,15 @@ def legacy(path: Path) -> bool:
 
 
 def main() -> None:
-    files = sorted(p for p in ROOT.rglob("*") if p.is_file() and p.name != "README.md")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT,
+        help=f"folder to index, written to its README.md (default {ROOT})",
+    )
+    root = parser.parse_args().results
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "README.md")
     runs = sorted({p.parent for p in files if p.name == "manifest.json"})
     lines = [
         "# Results",
@@ -73,7 +82,7 @@ def main() -> None:
         "",
     ]
     for h in HEADLINE:
-        p = ROOT / h
+        p = root / h
         if p.is_file():
             lines.append(f"- [`{h}`]({h}) — `{command_of(p) or 'see report.md'}` ({last_commit(p)})")
     lines += ["", "## Search runs", "", "| run | command | last commit |", "|---|---|---|"]
@@ -85,18 +94,18 @@ def main() -> None:
         note += f" (quality {quality})" if quality else f" (previous model `{model[:8]}`)"
         cmd = command_of(r / "manifest.json")
         lines.append(
-            f"| [`{r.relative_to(ROOT)}/`]({r.relative_to(ROOT)}/){note} | `{cmd}` | {last_commit(r)} |"
+            f"| [`{r.relative_to(root)}/`]({r.relative_to(root)}/){note} | `{cmd}` | {last_commit(r)} |"
         )
     lines += ["", "## Other files", "", "| file | command | last commit |", "|---|---|---|"]
     for p in files:
-        if any(r in p.parents for r in runs) or str(p.relative_to(ROOT)) in HEADLINE:
+        if any(r in p.parents for r in runs) or str(p.relative_to(root)) in HEADLINE:
             continue
-        rel = p.relative_to(ROOT)
+        rel = p.relative_to(root)
         cmd = command_of(p)
         lines.append(f"| [`{rel}`]({rel}) | {f'`{cmd}`' if cmd else '–'} | {last_commit(p)} |")
     text = "\n".join(lines) + "\n"
-    atomic_write(ROOT / "README.md", lambda tmp: tmp.write_text(text))
-    print(f"indexed {len(files)} files in {ROOT / 'README.md'}")
+    atomic_write(root / "README.md", lambda tmp: tmp.write_text(text))
+    print(f"indexed {len(files)} files in {root / 'README.md'}")
 
 
 if __name__ == "__main__":
