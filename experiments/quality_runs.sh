@@ -20,6 +20,6 @@ python experiments/bd_rate_contexts.py \
 python experiments/one_basis_summary.py results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos
 python experiments/context_curves.py
 python -m orderopt.report results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos \
-  --out results/report
+  --out results/report --decode-time results/decode_time.json
 python experiments/base_vs_classic.py
 python experiments/results_index.py

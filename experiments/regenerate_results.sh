@@ -14,7 +14,7 @@ BSDS=${1:-../shared/datasets/bsds500}
 python experiments/bench_context.py --out results
 python experiments/bench_decode.py --out results
 python experiments/bench_decode.py --coder gaussian --out results
-for i in 1 2; do python experiments/bench_decode.py --out results/decode_time_reruns/$i; done  # the spread
+for i in 1 2; do python experiments/bench_decode.py --precision float32 --out results/decode_time_reruns/$i; done  # the spread
 python experiments/bench_train.py --out results
 python experiments/bench_decode.py --coders-only --out results
 python experiments/precision_rate.py --out results

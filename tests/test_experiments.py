@@ -684,12 +684,16 @@ def test_precision_rate_on_one_small_image(image_dir, tmp_path, monkeypatch):
         e32, e16 = r["estimated_bits_float32"], r["estimated_bits_bfloat16"]
         assert 0.9 * e32 < b32 and abs(r["estimate_change_percent"]) < 1
         assert r["estimate_change_percent"] == pytest.approx(100 * (e16 / e32 - 1))
+        assert r["rans_over_estimate_percent"] == pytest.approx(100 * (b32 / e32 - 1))
+        assert abs(r["gaussian_over_estimate_percent"]) < 10  # a few 32-bit words on a small image
+        assert 200 < r["header_bytes_rans"] < 1000 and 200 < r["header_bytes_gaussian"] < 1000
     assert list(result["summary"]) == labels
     for label, s in result["summary"].items():
         (row,) = [r for r in result["rows"] if r["context"] == label]
         assert s["change_percent"] == dict.fromkeys(("median", "min", "max"), row["change_percent"])
-    (table,) = md_tables(text)
-    assert [r["context model"] for r in table] == labels
+        assert s["header_bytes_rans"]["max"] == row["header_bytes_rans"]
+    table, sizes = md_tables(text)
+    assert [r["context model"] for r in table] == [r["context model"] for r in sizes] == labels
     assert f"Regenerate: `python experiments/precision_rate.py --images {one}`" in text
 
 
