@@ -8,7 +8,8 @@
 Context models: a dedicated multistage or autoregressive model (``--context CKPT``), or the
 any-order proxy for any order (the shipped proxy of the order's patch size by default).
 Checkerboard is ``--order 0,1;1,0`` and hyperprior-only ``--order 0``. ŷ is coded with
-``--coder rans`` (default) or ``gaussian`` (:mod:`orderopt.coders`).
+``--coder rans`` (default) or ``gaussian``, or, for context models of Gaussian mixtures
+(trained with ``--mixture K``), ``mixture`` (their default) (:mod:`orderopt.coders`).
 
 The encoder and decoder are :mod:`orderopt.streams`, the container format
 :mod:`orderopt.container`.
@@ -68,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--coder",
         choices=list(coders.REGISTRY),
-        default="rans",
-        help="ŷ entropy coder: rans (compiled tables, fast) or gaussian (constriction, per symbol)",
+        help="ŷ entropy coder: rans (compiled tables, fast) or gaussian (constriction, per symbol) for "
+        "Gaussian context models; mixture (constriction, per-symbol tables) for any, Gaussian mixtures "
+        "included (default: rans, or mixture for a context model of mixtures)",
     )
     e.add_argument(
         "--substreams",
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "encode" and args.substreams is not None:
         if not 1 <= args.substreams <= 256:
             raise UserError("--substreams must be between 1 and 256")
-        if args.coder != "rans":
+        if args.coder not in (None, "rans"):
             raise UserError("--substreams applies to --coder rans only")
     device = torch_device(args.device, deterministic=True)
     rans.prepare()  # load the compiled coder now, so that the times printed leave it out
@@ -130,10 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         order = od.DecodingOrder.parse(args.order) if args.order else None
         context, cmeta = context_for(args, order, quality=quality)
         context.to(device)
+        coder = args.coder or coders.default_coder(context.mixture)
+        coders.REGISTRY[coder].check(context.mixture)
+        if args.substreams is not None and coder != "rans":
+            raise UserError(
+                f"--substreams applies to --coder rans only, and this model is coded with {coder}"
+            )
         image = data.load_image(args.image)
-        enc = encode(
-            image, base, meta["hash"], context, cmeta, order, args.coder, args.substreams, args.precision
-        )
+        enc = encode(image, base, meta["hash"], context, cmeta, order, coder, args.substreams, args.precision)
         write_bytes(enc.stream, args.out)
         npix = image.shape[1] * image.shape[2]
         _, z_words, y_words = unpack(enc.stream)

@@ -1,10 +1,13 @@
 """Spatial context models: each maps ŷ (B×M×H×W) and h = h_s(ẑ) (B×C_h×H×W) to the means
-and scales of the Gaussian of every latent, called as ``model(y_hat, hyper)``.
+and scales of the Gaussian of every latent, called as ``model(y_hat, hyper)``; or, built with
+``mixture=K`` > 1, to the weight logits, means and scales of a mixture of K Gaussians (the
+params tuple of :mod:`orderopt.model`, whose functions alone know what its entries mean).
 
 All share the paper's shape: a linear context transform of ŷ (masked convolutions) gives
 features ``ctx`` (B×2M×H×W); an entropy-parameter network of 1×1 convolutions maps
-[h, ctx] to (means, scales). Its first layer is linear, so it is split into a hyper part and
-a context part; :mod:`orderopt.costs` exploits that to evaluate many decoded sets cheaply.
+[h, ctx] to (means, scales), or to the mixture's params. Its first layer is linear, so it is
+split into a hyper part and a context part; :mod:`orderopt.costs` exploits that to evaluate
+many decoded sets cheaply.
 
 - :class:`MultistageContext` (Lin et al. 2023) for any :class:`~orderopt.orders.DecodingOrder`:
   one masked K×K convolution per in-patch position, evaluated as one strided convolution
@@ -28,16 +31,19 @@ from torch import nn
 
 from .decoding import DecodingState, MultistageSchedule, ProxySchedule, Schedule, proxy_order
 from .errors import UserError
-from .model import gaussian_bits
+from .model import Params, check_mixture, mixture_bits, param_count
 from .orders import DecodingOrder
 
 
 class EntropyParameters(nn.Module):
-    """[h, ctx] → (means, scales) with 1×1 convolutions (widths as in Minnen et al.)."""
+    """[h, ctx] → (means, scales) with 1×1 convolutions (widths as in Minnen et al.); with
+    ``mixture`` K > 1 the last layer gives 3·K·M channels instead of 2·M: K weight logits, K means
+    and K scales per latent (:func:`orderopt.model.param_count`), everything else the same."""
 
-    def __init__(self, latent_channels: int, hyper_channels: int, ctx_channels: int):
+    def __init__(self, latent_channels: int, hyper_channels: int, ctx_channels: int, mixture: int = 1):
         super().__init__()
         m = latent_channels
+        self.mixture, self.num_params = check_mixture(mixture), param_count(mixture)
         w1, w2 = m * 10 // 3, m * 8 // 3
         self.hyper_in = nn.Conv2d(hyper_channels, w1, 1)
         self.ctx_in = nn.Conv2d(ctx_channels, w1, 1, bias=False)
@@ -45,17 +51,17 @@ class EntropyParameters(nn.Module):
             nn.LeakyReLU(inplace=False),
             nn.Conv2d(w1, w2, 1),
             nn.LeakyReLU(inplace=False),
-            nn.Conv2d(w2, 2 * m, 1),
+            nn.Conv2d(w2, self.num_params * m, 1),
         )
 
     @property
     def width(self) -> int:
         return self.hyper_in.out_channels
 
-    def tail(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the first layer's pre-activation (B, D, H, W) to (means, scales)."""
-        means, scales = self.rest(pre).chunk(2, dim=1)
-        return means, scales
+    def tail(self, pre: torch.Tensor) -> Params:
+        """From the first layer's pre-activation (B, D, H, W) to (means, scales), or the
+        mixture's params."""
+        return tuple(self.rest(pre).chunk(self.num_params, dim=1))
 
     def tail_matrices(self) -> dict[str, torch.Tensor]:
         """The weights of :meth:`tail_rows` as matrices: w2, b2, w3, b3."""
@@ -64,26 +70,25 @@ class EntropyParameters(nn.Module):
 
     def tail_rows(
         self, pre: torch.Tensor, weights: dict[str, torch.Tensor] | None = None, inplace: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> Params:
         """:meth:`tail` for pre-activations laid out as rows (…, D): plain matrix products,
-        faster than 1×1 convolutions for the cost table. Returns (…, M) means and scales.
-        ``weights``: :meth:`tail_matrices` as given (cast to another dtype, say). ``inplace``:
-        overwrite ``pre`` (no autograd; saves two large allocations per call)."""
+        faster than 1×1 convolutions for the cost table. Returns (…, M) means and scales (or
+        the mixture's params). ``weights``: :meth:`tail_matrices` as given (cast to another
+        dtype, say). ``inplace``: overwrite ``pre`` (no autograd; saves two large allocations
+        per call)."""
         w = weights or self.tail_matrices()
         if inplace:
             h = F.leaky_relu_(F.linear(F.leaky_relu_(pre), w["w2"], w["b2"]))
-            means, scales = F.linear(h, w["w3"], w["b3"]).chunk(2, dim=-1)
-            return means, scales
-        h = F.leaky_relu(F.linear(F.leaky_relu(pre), w["w2"], w["b2"]))
-        means, scales = F.linear(h, w["w3"], w["b3"]).chunk(2, dim=-1)
-        return means, scales
+        else:
+            h = F.leaky_relu(F.linear(F.leaky_relu(pre), w["w2"], w["b2"]))
+        return tuple(F.linear(h, w["w3"], w["b3"]).chunk(self.num_params, dim=-1))
 
-    def forward(self, hyper: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hyper: torch.Tensor, ctx: torch.Tensor) -> Params:
         return self.tail(self.hyper_in(hyper) + self.ctx_in(ctx))
 
     def at_latents(
         self, hyper: torch.Tensor, share: torch.Tensor | None, ctx: torch.Tensor, r: int, c: int, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> Params:
         """(means, scales), each (B, M, rows, cols), of the latents at in-patch position (r, c)
         of a k×k patch, from their context features ``ctx`` (B, C, rows, cols) and h (or h's
         share ``hyper_in(hyper)``, which a decoder computes once per image). Plain matrix
@@ -93,27 +98,40 @@ class EntropyParameters(nn.Module):
         h_part = share[:, :, r::k, c::k] if share is not None else self.hyper_in(hyper[:, :, r::k, c::k])
         weight = self.ctx_in.weight[:, :, 0, 0].expand(b, -1, -1)
         pre = torch.baddbmm(h_part.reshape(b, -1, rows * cols), weight, ctx.reshape(b, -1, rows * cols))
-        means, scales = self.tail_rows(pre.transpose(1, 2))
-        return tuple(v.transpose(1, 2).reshape(b, -1, rows, cols) for v in (means, scales))
+        return tuple(
+            v.transpose(1, 2).reshape(b, -1, rows, cols) for v in self.tail_rows(pre.transpose(1, 2))
+        )
 
 
 class ContextModel(nn.Module):
-    """Base class: ``forward(y_hat, hyper) -> (means, scales)``; ``bits`` gives per-element bits,
-    ``loss_bits`` what training minimises, ``schedule`` its decoder's stages. Registered by
-    ``kind`` (:data:`KINDS`): :func:`build` makes one from the ``spec`` a checkpoint records, so
-    a new context model is one registered class."""
+    """Base class: ``forward(y_hat, hyper) -> (means, scales)`` (or a mixture's params); ``bits``
+    gives per-element bits, ``loss_bits`` what training minimises, ``schedule`` its decoder's
+    stages. Registered by ``kind`` (:data:`KINDS`): :func:`build` makes one from the ``spec`` a
+    checkpoint records, so a new context model is one registered class. Every kind has an
+    ``entropy`` network (:class:`EntropyParameters`), which holds K."""
 
     kind = ""
     takes_order = False  # whether it decodes any order given to it (the proxy) or its own
+    entropy: EntropyParameters
 
     @classmethod
     def from_spec(cls, latent_channels: int, hyper_channels: int, **spec) -> ContextModel:
-        """A new model of this kind from what :meth:`spec` recorded."""
+        """A new model of this kind from what :meth:`spec` recorded (``mixture``: K, default 1)."""
         raise NotImplementedError
 
+    @property
+    def mixture(self) -> int:
+        """K, the Gaussians per latent (1: a plain Gaussian)."""
+        return self.entropy.mixture
+
     def spec(self) -> dict:
-        """What identifies the model besides its channels: its kind, and order or patch."""
-        return {"kind": self.kind}
+        """What identifies the model besides its channels: its kind, and order or patch, and K
+        when it is a mixture (K = 1 is left out, so that Gaussian models record what they
+        always did, and a file without it is a Gaussian one)."""
+        return self._spec()
+
+    def _spec(self, **fields) -> dict:
+        return {"kind": self.kind, **fields, **({"mixture": self.mixture} if self.mixture > 1 else {})}
 
     def loss_bits(
         self, y: torch.Tensor, h: torch.Tensor, rng: np.random.Generator, raster_fraction: float = 0.0
@@ -130,8 +148,7 @@ class ContextModel(nn.Module):
 
     def bits(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Bits of every element of ŷ (B×M×H×W) under this context model."""
-        means, scales = self(y_hat, hyper)
-        return gaussian_bits(y_hat, means, scales)
+        return mixture_bits(y_hat, self(y_hat, hyper))
 
     def schedule(self, order: DecodingOrder | None, height: int, width: int, dtype=torch.float32) -> Schedule:
         """Its decoder's stages on an H×W latent grid (``order``: for models that take one), the
@@ -149,18 +166,20 @@ def register(cls: type[ContextModel]) -> type[ContextModel]:
 
 def build(kind: str, latent_channels: int, hyper_channels: int, **spec) -> ContextModel:
     """A context model by kind (``multistage`` with ``order``, ``autoregressive``, ``anyorder``
-    with ``patch``, or any registered kind)."""
+    with ``patch``, or any registered kind), each with ``mixture`` K (default 1)."""
     if kind not in KINDS:
         raise ValueError(f"unknown context model kind {kind!r}")
     return KINDS[kind].from_spec(latent_channels, hyper_channels, **spec)
 
 
-def dedicated(spec: DecodingOrder | str, latent_channels: int, hyper_channels: int) -> ContextModel:
+def dedicated(
+    spec: DecodingOrder | str, latent_channels: int, hyper_channels: int, mixture: int = 1
+) -> ContextModel:
     """The dedicated model of a schedule: the multistage model of an order, or ``"autoregressive"``."""
     if isinstance(spec, DecodingOrder):
-        return build("multistage", latent_channels, hyper_channels, order=str(spec))
+        return build("multistage", latent_channels, hyper_channels, order=str(spec), mixture=mixture)
     if spec == "autoregressive":
-        return build("autoregressive", latent_channels, hyper_channels)
+        return build("autoregressive", latent_channels, hyper_channels, mixture=mixture)
     raise ValueError(f"unknown dedicated model {spec!r}: give an order or 'autoregressive'")
 
 
@@ -176,13 +195,20 @@ class MultistageContext(ContextModel):
     kind = "multistage"
 
     @classmethod
-    def from_spec(cls, latent_channels, hyper_channels, order=None, **_):
-        return cls(DecodingOrder.parse(order), latent_channels, hyper_channels)
+    def from_spec(cls, latent_channels, hyper_channels, order=None, mixture=1, **_):
+        return cls(DecodingOrder.parse(order), latent_channels, hyper_channels, mixture=mixture)
 
     def spec(self) -> dict:
-        return {"kind": self.kind, "order": str(self.order)}
+        return self._spec(order=str(self.order))
 
-    def __init__(self, order: DecodingOrder, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
+    def __init__(
+        self,
+        order: DecodingOrder,
+        latent_channels: int,
+        hyper_channels: int,
+        kernel_size: int = 5,
+        mixture: int = 1,
+    ):
         super().__init__()
         self.order = order
         self.kernel_size = kernel_size
@@ -196,7 +222,7 @@ class MultistageContext(ContextModel):
             k * k, 1, 1, kernel_size, kernel_size
         )
         self.register_buffer("mask", masks.float(), persistent=False)
-        self.entropy = EntropyParameters(m, hyper_channels, self.ctx_channels)
+        self.entropy = EntropyParameters(m, hyper_channels, self.ctx_channels, mixture)
         self._cache: dict[str, tuple] = {}  # tensors derived from the weights, see _derived
 
     def _derived(self, name: str, build) -> torch.Tensor:
@@ -304,7 +330,7 @@ class MultistageContext(ContextModel):
             ctx[:, :, r::k, c::k] = full[:, :, r::k, c::k]
         return ctx
 
-    def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> Params:
         return self.entropy(hyper, self.context(y_hat))
 
     def weights_changed(self) -> None:
@@ -331,9 +357,9 @@ class MultistageContext(ContextModel):
 
     def stage_params(
         self, y_hat: torch.Tensor, hyper: torch.Tensor, positions: list[tuple[int, int]]
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(means, scales) of the latents at the given in-patch positions only, each of shape
-        (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉), computed as a decoder computes them (see
+    ) -> list[Params]:
+        """(means, scales) (or a mixture's params) of the latents at the given in-patch positions
+        only, each of shape (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉), computed as a decoder computes them (see
         :class:`DecodingState`), with all of ŷ known."""
         state = DecodingState(self, hyper)
         state.load(y_hat)
@@ -341,8 +367,7 @@ class MultistageContext(ContextModel):
         out = []
         for r, c in positions:
             grid = (b, -(-(height - r) // k), -(-(width - c) // k), m)
-            means, scales = state.params(r, c)
-            out.append(tuple(v.reshape(grid).permute(0, 3, 1, 2) for v in (means, scales)))
+            out.append(tuple(v.reshape(grid).permute(0, 3, 1, 2) for v in state.params(r, c)))
         return out
 
     def tap_matrices(
@@ -398,21 +423,21 @@ class AutoregressiveContext(ContextModel):
     kind = "autoregressive"
 
     @classmethod
-    def from_spec(cls, latent_channels, hyper_channels, **_):
-        return cls(latent_channels, hyper_channels)
+    def from_spec(cls, latent_channels, hyper_channels, mixture=1, **_):
+        return cls(latent_channels, hyper_channels, mixture=mixture)
 
-    def __init__(self, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
+    def __init__(self, latent_channels: int, hyper_channels: int, kernel_size: int = 5, mixture: int = 1):
         super().__init__()
         m = latent_channels
         self.kernel_size = kernel_size
         self.conv = nn.Conv2d(m, 2 * m, kernel_size, padding=kernel_size // 2)
         self.register_buffer("mask", raster_mask(kernel_size)[None, None], persistent=False)
-        self.entropy = EntropyParameters(m, hyper_channels, 2 * m)
+        self.entropy = EntropyParameters(m, hyper_channels, 2 * m, mixture)
 
     def context(self, y_hat: torch.Tensor) -> torch.Tensor:
         return F.conv2d(y_hat, self.conv.weight * self.mask, self.conv.bias, padding=self.kernel_size // 2)
 
-    def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor) -> Params:
         return self.entropy(hyper, self.context(y_hat))
 
     def load_proxy_weights(self, pw: ProxyWeights) -> None:
@@ -496,8 +521,8 @@ class RasterSchedule(Schedule):
             self._row = None
         i, j = divmod(t, self.w)
         left = self._work[0, :, i + self.half, j : j + self.half].reshape(-1)
-        m, s = self.model.entropy.tail_rows(torch.addmv(self._row_pre(i)[j], self.left_in, left))
-        return m[None].float(), s[None].float()
+        params = self.model.entropy.tail_rows(torch.addmv(self._row_pre(i)[j], self.left_in, left))
+        return tuple(v[None].float() for v in params)
 
 
 def position_map(patch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -543,19 +568,21 @@ class AnyOrderContext(ContextModel):
     kind, takes_order = "anyorder", True
 
     @classmethod
-    def from_spec(cls, latent_channels, hyper_channels, patch=None, **_):
-        return cls(int(patch), latent_channels, hyper_channels)
+    def from_spec(cls, latent_channels, hyper_channels, patch=None, mixture=1, **_):
+        return cls(int(patch), latent_channels, hyper_channels, mixture=mixture)
 
     def spec(self) -> dict:
-        return {"kind": self.kind, "patch": self.patch}
+        return self._spec(patch=self.patch)
 
-    def __init__(self, patch: int, latent_channels: int, hyper_channels: int, kernel_size: int = 5):
+    def __init__(
+        self, patch: int, latent_channels: int, hyper_channels: int, kernel_size: int = 5, mixture: int = 1
+    ):
         super().__init__()
         self.patch = patch
         self.kernel_size = kernel_size
         m = latent_channels
         self.conv = nn.Conv2d(m + 1 + patch * patch, 2 * m, kernel_size, padding=kernel_size // 2)
-        self.entropy = EntropyParameters(m, hyper_channels, 2 * m)
+        self.entropy = EntropyParameters(m, hyper_channels, 2 * m, mixture)
 
     def inputs(self, y_hat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Stack [ŷ ⊙ mask, mask, one-hot position]; ``mask`` is (B, 1, H, W)."""
@@ -563,9 +590,7 @@ class AnyOrderContext(ContextModel):
         pos = position_onehot(self.patch, h, w).to(y_hat).expand(b, -1, -1, -1)
         return torch.cat([y_hat * mask, mask, pos], dim=1)
 
-    def forward_masked(
-        self, y_hat: torch.Tensor, hyper: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_masked(self, y_hat: torch.Tensor, hyper: torch.Tensor, mask: torch.Tensor) -> Params:
         """Gaussian parameters of every latent given the decoded latents ``mask`` (B, 1, H, W)."""
         return self.entropy(hyper, self.conv(self.inputs(y_hat, mask)))
 
@@ -576,7 +601,7 @@ class AnyOrderContext(ContextModel):
         mask: torch.Tensor,
         positions: list[tuple[int, int]],
         share: torch.Tensor | None = None,
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> list[Params]:
         """:meth:`forward_masked` at the latents of the given in-patch positions only, each
         (B, M, ⌈(H−r)/k⌉, ⌈(W−c)/k⌉): what a decoder computes at one stage, one strided
         convolution per position, so that all stages together cost one pass, not k².
@@ -610,16 +635,12 @@ class AnyOrderContext(ContextModel):
         )
         return F.conv2d(x, weight, self.conv.bias, padding=self.kernel_size // 2)
 
-    def forward_kernel(
-        self, y_hat: torch.Tensor, hyper: torch.Tensor, kernel_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_kernel(self, y_hat: torch.Tensor, hyper: torch.Tensor, kernel_mask: torch.Tensor) -> Params:
         """Gaussian parameters of every latent under the same tap mask at every latent
         (:meth:`kernel_context`): the rate of the autoregressive schedule on the proxy's basis."""
         return self.entropy(hyper, self.kernel_context(y_hat, kernel_mask))
 
-    def forward(
-        self, y_hat: torch.Tensor, hyper: torch.Tensor, subset: int | torch.Tensor = 0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, y_hat: torch.Tensor, hyper: torch.Tensor, subset: int | torch.Tensor = 0) -> Params:
         """Parameters given the decoded set ``subset`` (bitmask int, or (B,) tensor of bitmasks)."""
         b, _, h, w = y_hat.shape
         subsets = torch.as_tensor(subset).reshape(-1)
@@ -649,15 +670,13 @@ class AnyOrderContext(ContextModel):
         bits, count = y.new_zeros(()), 0
         if n:
             kernel = raster_mask(self.kernel_size).to(y)
-            means, scales = self.forward_kernel(y[:n], h[:n], kernel)
-            bits, count = gaussian_bits(y[:n], means, scales).sum(), y[:n].numel()
+            bits, count = mixture_bits(y[:n], self.forward_kernel(y[:n], h[:n], kernel)).sum(), y[:n].numel()
         if n < y.shape[0]:
             y, h = y[n:], h[n:]
             subsets = random_subsets(self.patch, y.shape[0], rng)
             mask = subset_mask(subsets, self.patch, *y.shape[2:], y.device)[:, None]
-            means, scales = self.forward_masked(y, h, mask)
             todo = 1 - mask
-            bits = bits + (gaussian_bits(y, means, scales) * todo).sum()
+            bits = bits + (mixture_bits(y, self.forward_masked(y, h, mask)) * todo).sum()
             count = count + todo.sum() * y.shape[1]
         return bits / count
 
@@ -721,6 +740,10 @@ def init_from_proxy(model: ContextModel, proxy: AnyOrderContext) -> None:
     """
     if model.kernel_size != proxy.kernel_size:
         raise ValueError("the proxy and the dedicated model have different kernel sizes")
+    if model.mixture != proxy.mixture:
+        raise ValueError(
+            f"the proxy predicts mixtures of K = {proxy.mixture}, the dedicated model of K = {model.mixture}"
+        )
     model.load_proxy_weights(ProxyWeights(proxy))
     model.entropy.load_state_dict(proxy.entropy.state_dict())
     model.weights_changed()

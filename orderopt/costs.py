@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .context import AnyOrderContext, raster_mask
 from .files import atomic_write
 from .latents import LatentSet
-from .model import gaussian_bits
+from .model import mixture_bits
 from .orders import DecodingOrder, Position
 
 FORMAT = "orderopt-costs"
@@ -104,6 +104,9 @@ class ProxyOracle:
         on_gpu = self.device.type == "cuda"
         self.subsets_per_call = 4096 if on_gpu else 512
         self.chunk_elements = 2**27 if on_gpu else 2**25
+        # A mixture's tail gives 3K·M outputs instead of 2M and its bits take K-fold temporaries:
+        # 2K times fewer subsets per chunk, so that its memory stays near a Gaussian proxy's.
+        self._chunk_divisor = 1 if proxy.mixture == 1 else 2 * proxy.mixture
         self.patch = k = proxy.patch
         h_min, w_min = latents.min_size
         if h_min < k or w_min < k:
@@ -146,7 +149,10 @@ class ProxyOracle:
         bits = self._membership(subsets)
         for q in range(k2):
             rows = [i for i, s in enumerate(subsets) if not (s >> q) & 1]
-            per = max(1, chunk or int(self.chunk_elements // max(1, self._parts[q][0].numel())))
+            per = max(
+                1,
+                chunk or int(self.chunk_elements // max(1, self._parts[q][0].numel() * self._chunk_divisor)),
+            )
             for start in range(0, len(rows), per):
                 idx = rows[start : start + per]
                 rows_bits = self._row_bits(bits[idx], q).double()  # (n, P_q)
@@ -177,8 +183,8 @@ class ProxyOracle:
         base, parts = self._base[q], self._parts[q]
         # One matrix product for the first layer of every S, then the tail in place.
         pre = torch.addmm(base.reshape(1, -1), bits, parts.reshape(len(parts), -1))
-        means, scales = self.proxy.entropy.tail_rows(pre.view(len(bits), *base.shape), inplace=True)
-        return gaussian_bits(self._y[q], means, scales).sum(2)
+        params = self.proxy.entropy.tail_rows(pre.view(len(bits), *base.shape), inplace=True)
+        return mixture_bits(self._y[q], params).sum(2)
 
     @torch.no_grad()
     def raster_bits(self) -> np.ndarray:
@@ -190,8 +196,7 @@ class ProxyOracle:
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # float32, as the orders' costs
             for e in self.latents.entries:
                 y, h = e.y_hat[None].to(self.device), e.hyper[None].to(self.device)
-                means, scales = self.proxy.forward_kernel(y, h, kernel)
-                out.append(float(gaussian_bits(y, means, scales).double().sum()))
+                out.append(float(mixture_bits(y, self.proxy.forward_kernel(y, h, kernel)).double().sum()))
         return np.array(out)
 
 

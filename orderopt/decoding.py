@@ -1,13 +1,14 @@
 """Decoding schedules: which latents each stage decodes, and their Gaussian parameters given
-the stages before it, computed at those latents only.
+the stages before it, computed at those latents only (a mixture's params where the context
+model predicts mixtures: every schedule passes on whatever tuple the entropy network gives).
 
 A context model provides its schedule (``model.schedule(order, height, width, dtype)``); the
 codec runs any schedule the same way, encoder and decoder alike::
 
     y = schedule.new_latents(M, device)
     for t in range(schedule.num_stages):
-        means, scales = schedule.params(y, hyper, t)    # from the stages before t
-        values = entropy-(de)code(means, scales)         # stage t's latents, as rows
+        params = schedule.params(y, hyper, t)            # (means, scales), from the stages before t
+        values = entropy-(de)code(*params)               # stage t's latents, as rows
         schedule.put(y, t, values)
 
 - :class:`MultistageSchedule`: a dedicated multistage model, through :class:`DecodingState`
@@ -25,7 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .model import Params
 from .orders import DecodingOrder
+
+
+def _rows_of(parts: list[Params]) -> Params:
+    """The params of several groups of latents (each (1, n_i, M)) as one (Σ n_i, M) each."""
+    return tuple(torch.cat([v[0] for v in group]) for group in zip(*parts, strict=True))
 
 
 class Schedule:
@@ -35,9 +42,9 @@ class Schedule:
     shape: tuple[int, int]  # (H, W) of ŷ
     order: DecodingOrder | None = None  # the order the stream records (None: raster)
 
-    def params(self, y: torch.Tensor, hyper: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means, scales), each (n_t, M) in float32, of stage t's latents, in :meth:`take`'s
-        order."""
+    def params(self, y: torch.Tensor, hyper: torch.Tensor, t: int) -> Params:
+        """(means, scales) (or a mixture's params), each (n_t, M) in float32, of stage t's
+        latents, in :meth:`take`'s order."""
         raise NotImplementedError
 
     def take(self, y: torch.Tensor, t: int) -> torch.Tensor:
@@ -107,8 +114,7 @@ class MultistageSchedule(_OrderStages):
     def params(self, y, hyper, t):
         """Only this stage's latents, per in-patch position, from the model's DecodingState."""
         state = self._for(hyper)
-        out = [state.params(r, c) for r, c in self.positions[t]]
-        return torch.cat([m[0] for m, _ in out]), torch.cat([s[0] for _, s in out])
+        return _rows_of([state.params(r, c) for r, c in self.positions[t]])
 
     def put(self, y, t, values):
         super().put(y, t, values)
@@ -137,8 +143,7 @@ class ProxySchedule(_OrderStages):
         decoded = (self.stage < t).to(self.dtype)[None, None]
         y, hyper = y.to(self.dtype), hyper.to(self.dtype)
         out = self.model.stage_params(y, hyper, decoded, self.positions[t], share)
-        out = [(m.flatten(2).transpose(1, 2).float(), s.flatten(2).transpose(1, 2).float()) for m, s in out]
-        return torch.cat([m[0] for m, _ in out]), torch.cat([s[0] for _, s in out])
+        return _rows_of([tuple(v.flatten(2).transpose(1, 2).float() for v in params) for params in out])
 
 
 class DecodingState:
@@ -194,9 +199,10 @@ class DecodingState:
         """Decoded values (B, n, M) of position (r, c)'s latents, in raster order."""
         self.buffer.index_copy_(1, self._indices(r, c)[1], values.to(self.dtype))
 
-    def params(self, r: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means, scales), each (B, n, M) in float32, of position (r, c)'s latents in raster
-        order, from the decoded latents under their kernel taps and h's share."""
+    def params(self, r: int, c: int) -> Params:
+        """(means, scales) (or a mixture's params), each (B, n, M) in float32, of position
+        (r, c)'s latents in raster order, from the decoded latents under their kernel taps and
+        h's share."""
         plain, _, gather = self._indices(r, c)
         (b, _, m), w, q = self.buffer.shape, self.weights, r * self.k + c
         _, matrix = self.taps[q]
@@ -206,8 +212,7 @@ class DecodingState:
         else:
             x = self.buffer.index_select(1, gather).view(share.shape[0], -1)  # (B·n, T·M)
             pre = torch.addmm(share, F.linear(x, matrix, w["bias"][q]), w["ctx_in"].t())
-        means, scales = self.model.entropy.tail_rows(pre, w)
-        return means.float().view(b, -1, m), scales.float().view(b, -1, m)
+        return tuple(v.float().view(b, -1, m) for v in self.model.entropy.tail_rows(pre, w))
 
 
 def proxy_order(order: DecodingOrder, patch: int) -> DecodingOrder:

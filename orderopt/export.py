@@ -244,6 +244,11 @@ def export(
         latent_channels, hyper_channels = model.weight.shape[2], model.entropy.hyper_in.in_channels
         if model.kernel_size != 5:
             raise UserError(f"only 5×5 context kernels are exported, not {model.kernel_size}")
+        if model.mixture > 1:
+            raise UserError(
+                f"only Gaussian context models are exported, and this one predicts mixtures of "
+                f"K = {model.mixture} Gaussians"
+            )
     for name in (MODULE_FILE, MASKS_FILE, WEIGHTS_FILE):
         check_writable(out_dir / name)
     text = render_module(order, latent_channels, hyper_channels, framework, source)

@@ -39,11 +39,17 @@ class FitConfig:
 
 
 def build_context(
-    kind: str, latent_channels: int, hyper_channels: int, order: str | None = None, patch: int | None = None
+    kind: str,
+    latent_channels: int,
+    hyper_channels: int,
+    order: str | None = None,
+    patch: int | None = None,
+    mixture: int = 1,
 ) -> ctxm.ContextModel:
     """A context model by kind (:func:`orderopt.context.build`): ``multistage`` (with ``order``),
-    ``autoregressive`` or ``anyorder`` (with ``patch``)."""
-    return ctxm.build(kind, latent_channels, hyper_channels, order=order, patch=patch)
+    ``autoregressive`` or ``anyorder`` (with ``patch``), predicting mixtures of ``mixture``
+    Gaussians (1: a Gaussian)."""
+    return ctxm.build(kind, latent_channels, hyper_channels, order=order, patch=patch, mixture=mixture)
 
 
 class LatentCrops:
@@ -77,7 +83,11 @@ class LatentCrops:
 def save_context(
     model: ctxm.ContextModel, path: Path, meta: dict, train_state: dict | None = None, half: bool = False
 ) -> None:
-    """Atomic, versioned context-model file; ``half`` stores fp16 weights (what the package ships)."""
+    """Atomic, versioned context-model file; ``half`` stores fp16 weights (what the package ships).
+    A model of mixtures records its K whatever ``meta`` says (a Gaussian's file records none, as
+    files always did, and loads as K = 1)."""
+    if model.mixture > 1:
+        meta = {**meta, "mixture": model.mixture}
     sd = {
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
         for k, v in model.state_dict().items()
@@ -101,7 +111,12 @@ def load_context(path: str | Path) -> tuple[ctxm.ContextModel, dict]:
     if state_hash(d["state_dict"]) != d.get("hash"):
         raise ValueError(f"context model {path} is corrupt: weights do not match the recorded hash")
     model = build_context(
-        d["kind"], d["latent_channels"], d["hyper_channels"], d.get("order"), d.get("patch")
+        d["kind"],
+        d["latent_channels"],
+        d["hyper_channels"],
+        d.get("order"),
+        d.get("patch"),
+        d.get("mixture", 1),
     )
     model.load_state_dict(d["state_dict"])
     return model.eval(), {k: v for k, v in d.items() if k not in ("state_dict", "train_state")}
@@ -138,8 +153,14 @@ IDENTITY = ("kind", "order", "patch", "latent_channels", "hyper_channels", "mode
 
 def check_same_model(saved: dict, meta: dict, path: Path) -> None:
     """Refuse to resume (or overwrite) a checkpoint of another context model: another kind,
-    order, patch, shape or base model than ``meta`` describes."""
+    order, patch, shape, K or base model than ``meta`` describes (no K recorded: K = 1)."""
     differ = [k for k in IDENTITY if k in meta and saved.get(k) != meta[k]]
+    if saved.get("mixture", 1) != meta.get("mixture", 1):
+        saved, meta = (
+            {**saved, "mixture": saved.get("mixture", 1)},
+            {**meta, "mixture": meta.get("mixture", 1)},
+        )
+        differ.append("mixture")
     if differ:
         was = ", ".join(f"{k} {saved.get(k)!r}" for k in differ)
         now = ", ".join(f"{k} {meta[k]!r}" for k in differ)
@@ -177,7 +198,7 @@ def fit_context(
     if checkpoint is not None and checkpoint.is_file():
         # weights only (never unpickles code), with every key a context model needs
         d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint", required=("state_dict",))
-        check_same_model(d, meta or {}, checkpoint)
+        check_same_model(d, {**(meta or {}), "mixture": model.mixture}, checkpoint)
         if d.get("train_state") and d["train_state"].get("config") == asdict(config):
             model.load_state_dict(d["state_dict"])
             opt.load_state_dict(d["train_state"]["optimizer"])

@@ -133,18 +133,100 @@ class FactorizedPrior(nn.Module):
         return lower_bound(lik, LIKELIHOOD_MIN)
 
 
-def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """P(integer bin of ŷ) under N(mean, scale²): the discretized Gaussian of the codec."""
+def _gaussian_bin(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """P(integer bin of ŷ) under N(mean, scale²), the scale bounded below, the probability not:
+    a Gaussian's, or one component's of a mixture."""
     scale = lower_bound(scale, SCALE_MIN)
-    v = torch.abs(y - mean)
+    v = torch.abs(y - mean)  # symmetric: the upper tail's erfc is accurate far from the mean
     upper = 0.5 * torch.erfc(-(0.5 - v) / (scale * math.sqrt(2)))
     lower = 0.5 * torch.erfc(-(-0.5 - v) / (scale * math.sqrt(2)))
-    return lower_bound(upper - lower, LIKELIHOOD_MIN)
+    return upper - lower
+
+
+def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """P(integer bin of ŷ) under N(mean, scale²): the discretized Gaussian of the codec."""
+    return lower_bound(_gaussian_bin(y, mean, scale), LIKELIHOOD_MIN)
 
 
 def gaussian_bits(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Bits of every element of ŷ under N(mean, scale²) (elementwise, same shape as y)."""
     return -torch.log2(gaussian_likelihood(y, mean, scale))
+
+
+# --- the context models' distributions: a Gaussian, or a mixture of K Gaussians ------------
+# A context model predicts, per latent, a tuple of tensors shaped like ŷ ("params"): (means,
+# scales) for a Gaussian (K = 1, the default), and for a mixture of K Gaussians (Lin et al. 2023
+# use K = 3) K weight logits, K means and K scales, in that order. Every consumer (training
+# loss, cost oracle, schedules, coders) handles params as a tuple of like-shaped tensors, so
+# that only the functions below know what the entries mean.
+Params = tuple[torch.Tensor, ...]
+
+
+def check_mixture(mixture) -> int:
+    """K as an int ≥ 1; a one-line error otherwise (a bad --mixture, or a damaged checkpoint)."""
+    if isinstance(mixture, bool) or not isinstance(mixture, int | np.integer) or mixture < 1:
+        raise UserError(
+            f"the number of mixture components K must be an integer of at least 1, not {mixture!r}"
+        )
+    return int(mixture)
+
+
+def param_count(mixture: int) -> int:
+    """Tensors per latent of a K-component model: 2 for a Gaussian, 3·K for a mixture."""
+    return 2 if check_mixture(mixture) == 1 else 3 * mixture
+
+
+def mixture_size(params: Params | tuple[np.ndarray, ...]) -> int:
+    """K of a params tuple (:func:`param_count`'s inverse)."""
+    if len(params) == 2:
+        return 1
+    if len(params) < 6 or len(params) % 3:
+        raise ValueError(f"{len(params)} parameter tensors are neither a Gaussian's nor a mixture's")
+    return len(params) // 3
+
+
+def mixture_likelihood(y: torch.Tensor, params: Params) -> torch.Tensor:
+    """P(integer bin of ŷ) under a context model's params: the discretized Gaussian
+    (:func:`gaussian_likelihood`, bit for bit) or Σ_k softmax(w)_k · P_k(bin), each component's
+    scale and the total bounded below as for the Gaussian. One function for the training loss,
+    the cost oracle and the codec's estimate; :func:`mixture_table` is the same formula for the
+    mixture coder's probability tables."""
+    k = mixture_size(params)
+    if k == 1:
+        return gaussian_likelihood(y, *params)
+    weights = torch.softmax(torch.stack(params[:k]), dim=0)
+    total = sum(weights[i] * _gaussian_bin(y, params[k + i], params[2 * k + i]) for i in range(k))
+    return lower_bound(total, LIKELIHOOD_MIN)
+
+
+def mixture_table(params: tuple[np.ndarray, ...], lo: int, hi: int) -> np.ndarray:
+    """(n, hi−lo+1) float64: :func:`mixture_likelihood` of the symbols lo..hi for n latents whose
+    params are flat float64 arrays, the same formula element by element in numpy and scipy. A
+    coder's tables must come out the same wherever and however they are computed (encoder and
+    decoder); torch's float64 kernels round by thread count and position within a tensor, these
+    scalar element-wise loops do not."""
+    from scipy.special import erfc
+
+    k = mixture_size(params)
+    y = np.arange(lo, hi + 1, dtype=np.float64)[None, :]
+    if k == 1:
+        logits, means, scales = [np.zeros_like(params[0])], [params[0]], [params[1]]
+    else:
+        logits, means, scales = params[:k], params[k : 2 * k], params[2 * k :]
+    top = np.max(logits, axis=0)
+    weights = [np.exp(w - top) for w in logits]
+    norm = sum(weights)
+    total = np.zeros((len(params[0]), y.shape[1]))
+    for w, mean, scale in zip(weights, means, scales, strict=True):
+        v = np.abs(y - mean[:, None])
+        s = np.maximum(scale, SCALE_MIN)[:, None] * math.sqrt(2)
+        total += (w / norm)[:, None] * (0.5 * erfc((v - 0.5) / s) - 0.5 * erfc((v + 0.5) / s))
+    return np.maximum(total, LIKELIHOOD_MIN)
+
+
+def mixture_bits(y: torch.Tensor, params: Params) -> torch.Tensor:
+    """Bits of every element of ŷ under a context model's params (elementwise, y's shape)."""
+    return -torch.log2(mixture_likelihood(y, params))
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
 """Encode an image to an orderopt stream, and decode it back, in any decoding order.
 
-ẑ is coded under the factorized prior (constriction's range coder), ŷ under the Gaussians of a
-context model with one of the coders of :mod:`orderopt.coders`. The context model's schedule
-(:mod:`orderopt.decoding`) gives the decoder's stages: stage t is decoded for all patches at
-once from the latents of earlier stages, and the encoder runs exactly the decoder's
-computation, stage by stage, so both sides see bit-identical parameters. The container
-format and its checks are in :mod:`orderopt.container`; the command line is
+ẑ is coded under the factorized prior (constriction's range coder), ŷ under the Gaussians (or
+mixtures of K Gaussians) of a context model with one of the coders of :mod:`orderopt.coders`.
+The context model's schedule (:mod:`orderopt.decoding`) gives the decoder's stages: stage t
+is decoded for all patches at once from the latents of earlier stages, and the encoder runs
+exactly the decoder's computation, stage by stage, so both sides see bit-identical parameters.
+The container format and its checks are in :mod:`orderopt.container`; the command line is
 :mod:`orderopt.codec`.
 """
 
@@ -24,7 +24,7 @@ from .container import PRECISIONS, latents_crc, pack, unpack
 from .context import ContextModel
 from .decoding import Schedule
 from .errors import UserError
-from .model import SCALE_MIN, HyperpriorCodec, gaussian_bits
+from .model import SCALE_MIN, HyperpriorCodec, Params, mixture_bits, mixture_size
 
 CODERS = tuple(coders.REGISTRY)
 
@@ -47,30 +47,33 @@ def networks_device(base: HyperpriorCodec, context: ContextModel) -> torch.devic
     return device
 
 
-def gaussians_to_host(means: torch.Tensor, scales: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Flattened float64 means and standard deviations for the coder: one device→host copy, of
-    float32 (half the bytes; widening to float64 is exact, wherever it happens)."""
-    both = torch.stack([means.reshape(-1), scales.reshape(-1).clamp_min(SCALE_MIN)]).cpu().numpy()
-    return both[0].astype(np.float64), both[1].astype(np.float64)
+def gaussians_to_host(*params: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Flattened float64 means and standard deviations (or a mixture's params) for the coder,
+    the standard deviations bounded below: one device→host copy, of float32 (half the bytes;
+    widening to float64 is exact, wherever it happens)."""
+    k = mixture_size(params)
+    rows = [v.reshape(-1) for v in params[: len(params) - k]]
+    rows += [v.reshape(-1).clamp_min(SCALE_MIN) for v in params[len(params) - k :]]
+    return tuple(row.astype(np.float64) for row in torch.stack(rows).cpu().numpy())
 
 
 def encoder_stages(schedule: Schedule, y_hat: torch.Tensor, hyper: torch.Tensor, device: torch.device):
     """For each stage, what the encoder codes: (symbols, means, stds) as flat host arrays (int64,
-    float64, float64), with parameters computed from the earlier stages exactly as the decoder
-    will compute them."""
+    float64, float64), or (symbols, *params) for mixtures, with parameters computed from the
+    earlier stages exactly as the decoder will compute them."""
     partial = schedule.new_latents(y_hat.shape[1], device)
     for t in range(schedule.num_stages):
-        means, stds = gaussians_to_host(*schedule.params(partial, hyper, t))
+        params = gaussians_to_host(*schedule.params(partial, hyper, t))
         symbols = schedule.take(y_hat, t)
-        yield symbols.reshape(-1).cpu().numpy().astype(np.int64), means, stds
+        yield symbols.reshape(-1).cpu().numpy().astype(np.int64), *params
         schedule.put(partial, t, symbols)
 
 
-def stage_bits(symbols: np.ndarray, means: np.ndarray, stds: np.ndarray) -> float:
-    """Bits of integer symbols under the Gaussians (the likelihood estimate of their size)."""
-    return float(
-        gaussian_bits(*(torch.from_numpy(v.astype(np.float64)) for v in (symbols, means, stds))).sum()
-    )
+def stage_bits(symbols: np.ndarray, *params: np.ndarray) -> float:
+    """Bits of integer symbols under the Gaussians (or mixtures): the likelihood estimate of
+    their size."""
+    tensors: Params = tuple(torch.from_numpy(v.astype(np.float64)) for v in params)
+    return float(mixture_bits(torch.from_numpy(symbols.astype(np.float64)), tensors).sum())
 
 
 @dataclass
@@ -89,18 +92,21 @@ def encode(
     context: ContextModel,
     context_meta: dict,
     order: od.DecodingOrder | None = None,
-    coder: str = "rans",
+    coder: str | None = None,
     substreams: int | None = None,
     precision: str = "float32",
 ) -> Encoded:
     """Encode one image (3, H, W) in [0, 1] with ŷ's ``coder`` (``rans`` with ``substreams``,
-    default: :func:`auto_substreams`; or ``gaussian``), the context network computing in
+    default: :func:`auto_substreams`; ``gaussian``; or ``mixture``; default: rans, or mixture
+    for a context model of mixtures: :func:`coders.default_coder`), the context network computing in
     ``precision`` (float32, or bfloat16: see :data:`PRECISIONS`). The networks run on the
     models' device and the stream records it and the precision: floating-point results differ
     between devices, so a stream decodes exactly only with the networks on the same kind of
     device."""
+    coder = coder or coders.default_coder(context.mixture)
     if coder not in CODERS:
         raise UserError(f"unknown ŷ coder {coder!r}; choose one of {', '.join(CODERS)}")
+    coders.REGISTRY[coder].check(context.mixture)
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     t0 = time.perf_counter()
@@ -130,7 +136,10 @@ def encode(
     y_words = coders.REGISTRY[coder].encode(stages, (ylo, yhi), substreams)
     header = {
         "model": base_hash,
-        "context": {k: context_meta.get(k) for k in ("kind", "order", "patch", "hash")},
+        "context": {
+            **{k: context_meta.get(k) for k in ("kind", "order", "patch", "hash")},
+            **({"mixture": context.mixture} if context.mixture > 1 else {}),  # Gaussians: as before
+        },
         "order": str(order) if order is not None else None,
         "image": list(size),
         "y_shape": [m, h, w],
@@ -217,10 +226,10 @@ def decode(
         dec = coders.coder_of(header).decoder(y_words, header)
         for st in range(schedule.num_stages):
             t = time.perf_counter()
-            means, stds = gaussians_to_host(*schedule.params(y, hyper, st))  # the copy waits for the device
+            params = gaussians_to_host(*schedule.params(y, hyper, st))  # the copy waits for the device
             net += time.perf_counter() - t
             t = time.perf_counter()
-            vals = dec.decode(means, stds)
+            vals = dec.decode(*params)
             schedule.put(y, st, torch.from_numpy(vals.astype(np.float32)).view(-1, m).to(device))
             coding += time.perf_counter() - t
     except rans.StreamError as e:

@@ -3,7 +3,8 @@
     python -m orderopt.train base --images DIR --lmbda L --steps S --out CKPT
     python -m orderopt.train export --ckpt CKPT --out WEIGHTS   (fp16, no optimizer state)
     python -m orderopt.train context --train-images DIR --order "0,1;2,3" --out CKPT
-        (or --kind autoregressive|checkerboard|hyperprior, or --proxy --patch K)
+        (or --kind autoregressive|checkerboard|hyperprior, or --proxy --patch K;
+        --mixture K: mixtures of K Gaussians per latent instead of one Gaussian)
 
 Training is resumable: run the same command again and it continues from ``--out``.
 """
@@ -275,10 +276,10 @@ def train_context(args: argparse.Namespace) -> int:
         raise UserError("training and evaluation latents come from different codecs (channel counts differ)")
     torch.manual_seed(args.seed)  # the initial weights too: same seed, same bits
     if args.proxy:
-        model = build_context("anyorder", m, c, patch=args.patch)
+        model = build_context("anyorder", m, c, patch=args.patch, mixture=args.mixture)
         meta = {**model.spec(), "raster_fraction": args.raster_fraction}
     else:
-        model = dedicated(spec, m, c)
+        model = dedicated(spec, m, c, args.mixture)
         meta = model.spec()
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
     if args.init and not Path(args.out).exists():  # a resumed run continues from its own state
@@ -290,10 +291,12 @@ def train_context(args: argparse.Namespace) -> int:
             raise UserError(str(err)) from None
         same = ("kind", "order", "patch", "latent_channels", "hyper_channels")
         differ = [k for k in same if start_meta.get(k) != meta.get(k)]
+        if start_meta.get("mixture", 1) != args.mixture:
+            differ.append("mixture")
         if differ:
             raise UserError(
                 f"--init {args.init} is another context model ({', '.join(differ)} differ); give one of "
-                "the same kind, order, patch and channels"
+                "the same kind, order, patch, channels and mixture"
             )
         model.load_state_dict(start.state_dict())
         meta["init"] = {"from": str(args.init), "model_hash": start_meta.get("model_hash")}
@@ -467,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--kind", choices=["autoregressive", "checkerboard", "hyperprior"], help="a baseline")
     what.add_argument("--proxy", action="store_true", help="the any-order proxy of --patch")
     c.add_argument("--patch", type=number(at_least=1), default=2, help="patch size of the proxy")
+    c.add_argument(
+        "--mixture",
+        type=number(at_least=1),
+        default=1,
+        metavar="K",
+        help="Gaussians per latent: 1, a Gaussian; K > 1, a mixture of K Gaussians (Lin et al. 2023 use "
+        "3), rated by its discretized likelihood and coded with --coder mixture (default: 1)",
+    )
     c.add_argument(
         "--raster-fraction",
         type=number(float, at_least=0, at_most=1),

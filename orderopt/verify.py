@@ -51,7 +51,7 @@ def dedicated_rate(
     """
     m, c = train.latent_channels, train.hyper_channels
     torch.manual_seed(config.seed)  # the initial weights too: same seed, same bits
-    model = dedicated(spec, m, c)
+    model = dedicated(spec, m, c, init.mixture if init is not None else 1)  # a proxy's K carries over
     meta = model.spec()
     meta.update(latent_channels=m, hyper_channels=c, model_hash=train.model_hash)
     if init is not None:

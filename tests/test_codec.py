@@ -12,7 +12,7 @@ from orderopt.context import AnyOrderContext, AutoregressiveContext, MultistageC
 from orderopt.devices import torch_device
 from orderopt.errors import UserError
 from orderopt.fit import load_context, save_context
-from orderopt.model import load_model
+from orderopt.model import load_model, mixture_likelihood
 
 from .conftest import DEVICES
 
@@ -85,6 +85,7 @@ def test_round_trips_are_exact(tmp_path, base, image, device):
         )[0].cpu()
     # (coder, substreams, expected substreams, precision of the context network)
     cases = [("rans", None, 1, "float32"), ("rans", 3, 3, "float32"), ("gaussian", None, 0, "float32")]
+    cases.append(("mixture", None, 0, "float32"))  # it codes Gaussians too, as mixtures of one
     assert {c for c, *_ in cases} == set(coders.REGISTRY)  # every registered coder round-trips
     cases.append(("rans", None, 1, "bfloat16"))
     for name, (ctx, cmeta), order in contexts(tmp_path):
@@ -103,6 +104,66 @@ def test_round_trips_are_exact(tmp_path, base, image, device):
             assert payload_bits <= enc.estimated_bits * 1.01 + 64 + 32 * (1 + 3 * parts), (name, coder)
             if coder == "rans":
                 assert y_words[0] == parts
+
+
+def mixture_contexts(tmp_path):
+    """Context models of mixtures of K = 3 Gaussians, one of each kind, saved and loaded."""
+    torch.manual_seed(0)
+    meta = {"latent_channels": M, "hyper_channels": CH, "model_hash": "t"}
+    out = []
+    for name, model, order in (
+        ("multistage", MultistageContext(o.paper_order(2), M, CH, mixture=3), None),
+        ("proxy", AnyOrderContext(2, M, CH, mixture=3), o.DecodingOrder.parse("0,2;1,3")),
+        ("autoregressive", AutoregressiveContext(M, CH, mixture=3), None),
+    ):
+        path = tmp_path / f"mix-{name}.pt"
+        save_context(model, path, {**meta, **model.spec()})
+        out.append((name, load_context(path), order))
+    return out
+
+
+def test_mixture_round_trips_are_exact(tmp_path, base, image):
+    """K = 3: coded with the mixture coder unless asked otherwise, decoded to the encoder's ŷ
+    and image, the stream within 1% of the likelihoods; Gaussian-only coders refuse."""
+    model, meta = base
+    for name, (ctx, cmeta), order in mixture_contexts(tmp_path):
+        assert ctx.mixture == 3 and cmeta["mixture"] == 3
+        enc = streams.encode(image, model, meta["hash"], ctx, cmeta, order)
+        header, z_words, y_words = container.unpack(enc.stream)
+        assert header["coder"]["name"] == "mixture" and header["context"]["mixture"] == 3, name
+        dec = streams.decode(enc.stream, model, meta["hash"], ctx, cmeta)
+        assert torch.equal(dec.y_hat, enc.y_hat), name
+        assert 32 * (len(z_words) + len(y_words)) <= enc.estimated_bits * 1.01 + 96, name
+        for coder in ("rans", "gaussian"):
+            with pytest.raises(UserError, match=f"coder {coder} codes Gaussian context models only.*K = 3"):
+                streams.encode(image, model, meta["hash"], ctx, cmeta, order, coder)
+    header, z_words, y_words = container.unpack(enc.stream)
+    header["coder"]["probe"] = "0" * 16  # tables another machine's float64 arithmetic built
+    with pytest.raises(UserError, match="mixture tables 0{16}.*decode it where it was encoded"):
+        streams.decode(container.pack(header, z_words, y_words), model, meta["hash"], ctx, cmeta)
+    ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]  # Gaussians: no K in the header
+    assert (
+        "mixture"
+        not in container.unpack(streams.encode(image, model, meta["hash"], ctx, cmeta).stream)[0]["context"]
+    )
+
+
+def test_mixture_tables_are_the_likelihoods_chunk_by_chunk(monkeypatch):
+    """The coder's tables are mixture_likelihood over the symbol range, exactly the same in
+    chunks as whole, every symbol codable."""
+    rng = np.random.default_rng(0)
+    n = 50
+    params = (*rng.normal(0, 2, (3, n)), *rng.normal(0, 5, (3, n)), *np.exp(rng.normal(0, 1, (3, n))) + 0.11)
+    whole = np.concatenate(list(coders.mixture_tables(params, (-30, 30))))
+    monkeypatch.setattr(coders, "TABLE_ELEMENTS", 61 * 7)
+    chunks = list(coders.mixture_tables(params, (-30, 30)))
+    assert len(chunks) == 8 and np.array_equal(np.concatenate(chunks), whole)
+    want = mixture_likelihood(
+        torch.arange(-30, 31, dtype=torch.float64)[None], tuple(torch.from_numpy(v)[:, None] for v in params)
+    )
+    np.testing.assert_allclose(whole, want.numpy(), rtol=1e-9, atol=1e-15)
+    assert whole.min() > 0
+    np.testing.assert_allclose(whole.sum(1), 1, atol=1e-3)
 
 
 def test_streams_of_older_versions_are_refused(tmp_path, base, image, monkeypatch):
@@ -159,6 +220,21 @@ def test_cli_round_trip_and_errors(tmp_path, tiny_ckpt, image, base):
     ):
         with pytest.raises(UserError, match=message):
             codec.main(["encode", str(png), str(stream), "--order", "0,1;2,3", *common, *bad_args])
+    # a proxy of mixtures (K = 3) is coded with the mixture coder, chosen from the checkpoint
+    mix = tmp_path / "mix.pt"
+    model = AnyOrderContext(2, M, CH, mixture=3)
+    save_context(model, mix, {**model.spec(), "latent_channels": M, "hyper_channels": CH, "model_hash": "t"})
+    mixed = ["--model", str(tiny_ckpt), "--context", str(mix)]
+    assert codec.main(["encode", str(png), str(tmp_path / "m.oopt"), "--order", "0,2;3,1", *mixed]) == 0
+    assert container.unpack((tmp_path / "m.oopt").read_bytes())[0]["coder"]["name"] == "mixture"
+    assert codec.main(["decode", str(tmp_path / "m.oopt"), str(tmp_path / "m.png"), *mixed]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "m.png")), np.asarray(Image.open(out)))
+    for bad_args, message in (
+        (["--coder", "rans"], "use --coder mixture"),
+        (["--substreams", "2"], "rans only"),
+    ):
+        with pytest.raises(UserError, match=message):
+            codec.main(["encode", str(png), str(stream), "--order", "0,1;2,3", *mixed, *bad_args])
 
     def fails(data_bytes, message):
         bad = tmp_path / "bad.oopt"

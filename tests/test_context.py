@@ -24,8 +24,8 @@ M, CH = 3, 6
 def grad_support(model_fn, y, i, j):
     """Latent positions (H×W bool) whose value influences the parameters predicted at (i, j)."""
     y = y.clone().requires_grad_(True)
-    means, scales = model_fn(y)
-    (means[0, :, i, j].sum() + scales[0, :, i, j].sum()).backward()
+    params = model_fn(y)  # (means, scales), or a mixture's 3K tensors
+    sum(v[0, :, i, j].sum() for v in params).backward()
     return (y.grad[0].abs().sum(0) > 0).numpy()
 
 
@@ -64,6 +64,27 @@ def test_multistage_sees_exactly_decoded_neighbours(order):
             support = grad_support(lambda v: model(v, hyper), y, i, j)
             expected = (stage < stage[i, j]) & window(h, w, i, j)
             np.testing.assert_array_equal(support, expected, err_msg=f"latent ({i}, {j})")
+
+
+@pytest.mark.parametrize("kind", ["multistage", "autoregressive", "anyorder"])
+def test_mixture_models_are_as_causal_as_gaussian_ones(kind):
+    """K = 3: every one of the 3K outputs at a latent sees exactly what the Gaussian model's
+    (means, scales) see: the decoded latents of its window."""
+    h, w, order, subset = 6, 7, o.paper_order(2), 0b0110
+    spec = {"multistage": {"order": str(order)}, "anyorder": {"patch": 2}}.get(kind, {})
+    model = randomize(ctx.build(kind, M, CH, mixture=3, **spec))
+    y, hyper = torch.randn(1, M, h, w), torch.randn(1, CH, h, w)
+    assert model.mixture == 3 and [v.shape for v in model(y, hyper)] == [y.shape] * 9
+    if kind == "anyorder":
+        decoded = subset_mask(subset, 2, h, w).bool().numpy()
+        fn, seen = (lambda v: model(v, hyper, subset)), (lambda i, j: decoded)
+    else:
+        rank = order.stage_map(h, w) if kind == "multistage" else np.arange(h * w).reshape(h, w)
+        fn, seen = (lambda v: model(v, hyper)), (lambda i, j: rank < rank[i, j])
+    for i in range(h):
+        for j in range(w):
+            if kind != "anyorder" or not decoded[i, j]:
+                np.testing.assert_array_equal(grad_support(fn, y, i, j), seen(i, j) & window(h, w, i, j))
 
 
 @pytest.mark.parametrize("order", ORDERS[:3], ids=str)
@@ -292,32 +313,43 @@ def test_init_from_proxy_other_shapes():
 SPECS = {"multistage": {"order": "0,1;2,3"}, "anyorder": {"patch": 2}}  # what each kind needs
 
 
+@pytest.mark.parametrize("mixture", [1, 3])
 @pytest.mark.parametrize("kind", sorted(ctx.KINDS))
-def test_every_registered_kind_rebuilds_from_its_spec_and_decodes_as_it_rates(kind):
+def test_every_registered_kind_rebuilds_from_its_spec_and_decodes_as_it_rates(kind, mixture):
     """The family contract: a kind builds from the spec its models record, and its decoder's
     stages, fed the true ŷ stage by stage, give exactly the parameters its forward pass rates
-    those latents with (the proxy: given each stage's decoded set)."""
+    those latents with (the proxy: given each stage's decoded set), Gaussians and mixtures of
+    K = 3 alike; a Gaussian's spec says nothing of K, as it never did."""
     torch.manual_seed(0)
-    model = randomize(ctx.build(kind, M, CH, **SPECS.get(kind, {}))).eval()
+    model = randomize(ctx.build(kind, M, CH, mixture=mixture, **SPECS.get(kind, {}))).eval()
     spec = model.spec()
+    assert spec.get("mixture", 1) == mixture and ("mixture" in spec) == (mixture > 1)
     again = ctx.build(spec.pop("kind"), M, CH, **spec)
-    assert type(again) is type(model) and again.spec() == model.spec()
+    assert type(again) is type(model) and again.spec() == model.spec() and again.mixture == mixture
     y = torch.randint(-3, 4, (1, M, 6, 8)).float()
     h = torch.randn(1, CH, 6, 8)
     order = o.DecodingOrder.parse("0,2;1,3")
     sched = model.schedule(order, 6, 8)
     if not model.takes_order:
-        ref_means, ref_scales = model(y, h)
+        ref = model(y, h)
     latents = sched.new_latents(M, y.device)
     with torch.no_grad():
         for t in range(sched.num_stages):
-            means, scales = sched.params(latents, h, t)
+            params = sched.params(latents, h, t)
             if model.takes_order:  # the proxy, given the set decoded before stage t
                 decoded = sum(1 << (r * 2 + c) for r, c in order.decoded_before(t))
-                ref_means, ref_scales = model(y, h, decoded)
-            want_m = sched.take(ref_means, t)
-            want_s = sched.take(ref_scales, t)
-            torch.testing.assert_close(means, want_m, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(scales, want_s, rtol=1e-5, atol=1e-5)
+                ref = model(y, h, decoded)
+            assert len(params) == len(ref) == (2 if mixture == 1 else 9)
+            for got, want in zip(params, ref, strict=True):
+                torch.testing.assert_close(got, sched.take(want, t), rtol=1e-5, atol=1e-5)
             sched.put(latents, t, sched.take(y, t))
     assert torch.equal(latents, y)
+
+
+def test_a_proxy_initialises_only_a_model_of_its_own_k():
+    proxy = randomize(AnyOrderContext(2, M, CH, mixture=3))
+    model = MultistageContext(o.checkerboard(), M, CH, mixture=3)
+    init_from_proxy(model, proxy)
+    torch.testing.assert_close(model.entropy.rest[3].weight, proxy.entropy.rest[3].weight)
+    with pytest.raises(ValueError, match="K = 3, the dedicated model of K = 1"):
+        init_from_proxy(MultistageContext(o.checkerboard(), M, CH), proxy)

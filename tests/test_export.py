@@ -9,7 +9,7 @@ import torch
 
 from orderopt import orders as o
 from orderopt.context import AnyOrderContext, MultistageContext
-from orderopt.errors import run_cli
+from orderopt.errors import UserError, run_cli
 from orderopt.export import MODULE_FILE, main
 from orderopt.fit import load_context, save_context
 
@@ -263,3 +263,12 @@ def test_help_explains_every_option(capsys):
     for option in ("--context", "--latent-channels", "--hyper-channels", "--out", "--framework"):
         assert option in text
     assert "default: 192" in text and "default: 2M" in text and "(default: compressai)" in text
+
+
+def test_mixture_models_are_refused_not_exported_wrongly(tmp_path):
+    """The exported module predicts Gaussians: a model of mixtures (K = 3) is refused, nothing written."""
+    model = MultistageContext(o.paper_order(2), M, CH, mixture=3)
+    ckpt = save(model, tmp_path / "mix.pt", **model.spec())
+    with pytest.raises(UserError, match="only Gaussian context models are exported.*K = 3"):
+        main(["--context", str(ckpt), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

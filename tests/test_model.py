@@ -5,11 +5,18 @@ import torch
 
 from orderopt.errors import UserError
 from orderopt.model import (
+    LIKELIHOOD_MIN,
+    SCALE_MIN,
     FactorizedPrior,
     HyperpriorCodec,
+    check_mixture,
+    gaussian_bits,
     gaussian_likelihood,
     load_model,
     make_checkpoint,
+    mixture_bits,
+    mixture_likelihood,
+    param_count,
     rd_loss,
 )
 
@@ -47,6 +54,53 @@ def test_gaussian_likelihood_sums_to_one():
     for mean, scale in [(0.0, 1.0), (0.3, 2.5), (-1.7, 0.2)]:
         p = gaussian_likelihood(values, torch.tensor(mean), torch.tensor(scale))
         assert math.isclose(float(p.sum()), 1.0, abs_tol=1e-4)
+
+
+def test_a_gaussian_is_the_mixture_of_one_bit_for_bit():
+    """K = 1 takes the Gaussian's own path: the same bits, to the last one (golden streams)."""
+    torch.manual_seed(0)
+    y, mean, scale = torch.randn(3, 50).round() * 3, torch.randn(3, 50), torch.rand(3, 50) * 3
+    assert torch.equal(mixture_bits(y, (mean, scale)), gaussian_bits(y, mean, scale))
+
+
+def test_mixture_likelihood_is_a_distribution_with_the_gaussian_bounds():
+    torch.manual_seed(0)
+    values = torch.arange(-60, 61, dtype=torch.float64).view(-1, 1, 1)
+    logits, means = (
+        2 * torch.randn(3, 4, 5, dtype=torch.float64),
+        8 * torch.randn(3, 4, 5, dtype=torch.float64),
+    )
+    scales = torch.rand(3, 4, 5, dtype=torch.float64) * 4
+    scales[0, 0, 0] = 1e-4  # bounded below by SCALE_MIN, as the Gaussian's
+    p = mixture_likelihood(values, (*logits, *means, *scales))
+    torch.testing.assert_close(p.sum(0), torch.ones(4, 5, dtype=torch.float64), rtol=0, atol=1e-6)
+    assert float(p.min()) >= LIKELIHOOD_MIN
+    # equal components are that Gaussian; one dominant weight is nearly its component alone
+    same = mixture_likelihood(values, (*logits, *means[:1].expand(3, -1, -1), *scales[:1].expand(3, -1, -1)))
+    torch.testing.assert_close(same, gaussian_likelihood(values, means[0], scales[0]))
+    lone = mixture_likelihood(values, (logits[0] + 100, logits[1], logits[2], *means, *scales))
+    torch.testing.assert_close(lone, gaussian_likelihood(values, means[0], scales[0]))
+    floor = mixture_likelihood(values, (*logits, *means, *scales.clamp_min(SCALE_MIN)))
+    assert torch.equal(p, floor)
+
+
+def test_mixture_bits_have_gradients_for_every_parameter():
+    torch.manual_seed(0)
+    y = torch.randn(2, 6).round()
+    params = [torch.randn(2, 6, requires_grad=True) for _ in range(6)] + [
+        (torch.rand(2, 6) + 0.5).requires_grad_() for _ in range(3)
+    ]
+    mixture_bits(y, tuple(params)).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in params)
+
+
+def test_mixture_size_is_checked():
+    assert [param_count(k) for k in (1, 2, 3)] == [2, 6, 9]
+    for bad in (0, -1, 1.5, "3", True):
+        with pytest.raises(UserError, match="integer of at least 1"):
+            check_mixture(bad)
+    with pytest.raises(ValueError, match="neither a Gaussian's nor a mixture's"):
+        mixture_likelihood(torch.zeros(2), (torch.zeros(2),) * 4)
 
 
 def test_factorized_prior_is_a_distribution():

@@ -167,3 +167,59 @@ def test_prefetched_crops_resume_exactly(tmp_path, image_dir):
     assert train.main(base_args(image_dir, b, 1)) == 0 and train.main(base_args(image_dir, b, 2)) == 0
     sa, sb = read_checkpoint(a)["state_dict"], read_checkpoint(b)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_mixture_proxy_trains_then_searches(tmp_path, tiny_ckpt, image_dir):
+    """--mixture 3 end to end: a proxy of mixtures trains, records K, rates every schedule, and
+    the search reads K from the checkpoint; K = 1 files (the shipped ones) load as Gaussians;
+    a checkpoint or --init of another K is refused."""
+    import json
+
+    import numpy as np
+
+    from orderopt import search
+    from orderopt.fit import load_context, save_context
+    from orderopt.model import shipped_weights
+
+    cache = tmp_path / "cache"
+    common = ["context", "--train-images", str(image_dir), "--eval-images", str(image_dir)]
+    common += [
+        "--model",
+        str(tiny_ckpt),
+        "--cache-dir",
+        str(cache),
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--crop",
+        "4",
+    ]
+    out = tmp_path / "p3.pt"
+    proxy = ["--proxy", "--patch", "2", "--raster-fraction", "0.25"]
+    assert train.main([*common, *proxy, "--mixture", "3", "--out", str(out)]) == 0
+    model, meta = load_context(out)
+    assert model.mixture == 3 and meta["mixture"] == 3 and meta["kind"] == "anyorder"
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["mixture"] == 3 and set(res["held_out"]) == {"raster", "paper", "tinylic", "autoregressive"}
+    assert all(np.isfinite(v["bits_per_latent"]) for v in res["held_out"].values())
+    run_dir = tmp_path / "run"
+    args = ["--patch", "2", "--model", str(tiny_ckpt), "--images", str(image_dir), "--cache-dir", str(cache)]
+    assert search.main([*args, "--proxy", str(out), "--out", str(run_dir)]) == 0
+    assert (run_dir / "candidates.csv").is_file() and (run_dir / "frontier.csv").is_file()
+    with pytest.raises(UserError, match="another context model \\(mixture 3, not mixture 1\\)"):
+        train.main([*common, *proxy, "--out", str(out)])  # K = 1 onto the K = 3 checkpoint
+    with pytest.raises(UserError, match="another context model \\(mixture differ"):
+        train.main([*common, *proxy, "--init", str(out), "--out", str(tmp_path / "g.pt")])
+    dedicated = tmp_path / "ms3.pt"
+    assert train.main([*common, "--order", "0,1;2,3", "--mixture", "3", "--out", str(dedicated)]) == 0
+    assert load_context(dedicated)[0].mixture == 3
+    assert json.loads(dedicated.with_suffix(".json").read_text())["held_out"]["bits_per_latent"] > 0
+    shipped, shipped_meta = load_context(shipped_weights("proxy_k2"))
+    assert shipped.mixture == 1 and "mixture" not in shipped_meta
+    damaged = tmp_path / "damaged.pt"
+    save_context(shipped, damaged, {**shipped_meta, "mixture": 0})
+    with pytest.raises(UserError, match="K must be an integer of at least 1, not 0"):
+        load_context(damaged)
+    r = run(*common, *proxy, "--mixture", "0", "--out", str(tmp_path / "x.pt"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--mixture: must be at least 1" in r.stderr
