@@ -24,10 +24,10 @@ from . import coders, data, rans
 from . import orders as od
 from .container import PRECISIONS, unpack
 from .devices import add_device_option, torch_device
-from .errors import HelpFormatter, OneLineErrorParser, UserError, run_cli
+from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .evaluate import to_uint8
 from .files import write_bytes, write_png
-from .fit import load_context
+from .fit import load_context, shipped_name
 from .model import add_model_options, check_model_options, load_model, shipped_quality, shipped_weights
 from .streams import decode, encode
 
@@ -38,16 +38,13 @@ def context_for(args, order: od.DecodingOrder | None, header: dict | None = None
     order needs."""
     if args.context:
         return load_context(args.context)
-    kind = (header or {}).get("context", {}).get("kind") or ("autoregressive" if args.kind else "anyorder")
+    recorded = (header or {}).get("context", {})
+    kind = recorded.get("kind") or ("autoregressive" if args.kind else "anyorder")
     if kind == "multistage":
         raise UserError("this stream was coded with a dedicated multistage model; pass it as --context")
-    if kind == "autoregressive":
-        path = shipped_weights("autoregressive", quality)
-    else:
-        patch = (header or {}).get("context", {}).get("patch") or (
-            4 if order is not None and order.patch == 4 else 2
-        )
-        path = shipped_weights(f"proxy_k{patch}", quality)
+    mixture = int(recorded.get("mixture", 1) if header else args.mixture)
+    patch = recorded.get("patch") or (4 if order is not None and order.patch == 4 else 2)
+    path = shipped_weights(shipped_name(kind, patch, mixture), quality)
     if not path.is_file():
         raise UserError(f"no shipped context model {path.name}; pass --context CKPT")
     return load_context(path)
@@ -78,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="rANS substreams, decodable in parallel, 12 bytes each (default: one per 64k symbols "
         "of stages large enough for threads, at most 16)",
+    )
+    e.add_argument(
+        "--mixture",
+        type=number(at_least=1),
+        default=1,
+        help="code with the shipped context model of this many Gaussian-mixture components (1, or 3 "
+        "where one is shipped: the quality-2 proxies); --context takes its own",
     )
     e.add_argument(
         "--precision",

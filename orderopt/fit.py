@@ -122,17 +122,27 @@ def load_context(path: str | Path) -> tuple[ctxm.ContextModel, dict]:
     return model.eval(), {k: v for k, v in d.items() if k not in ("state_dict", "train_state")}
 
 
-def load_proxy(path: str | Path | None, patch: int, quality: int | None, lat: LatentSet):
+def shipped_name(kind: str, patch: int | None = None, mixture: int = 1) -> str:
+    """File stem of a shipped context model: ``proxy_k2``, ``autoregressive``, and with K > 1
+    mixture components ``proxy_k2_mix3``."""
+    stem = f"proxy_k{patch}" if kind == "anyorder" else kind
+    return stem if mixture == 1 else f"{stem}_mix{mixture}"
+
+
+def load_proxy(path: str | Path | None, patch: int, quality: int | None, lat: LatentSet, mixture: int = 1):
     """The any-order proxy of ``patch`` that rates ``lat``: the checkpoint ``path``, else the
-    shipped one of ``quality``, which belongs to the shipped model only."""
+    shipped one of ``quality`` with ``mixture`` components, which belongs to the shipped model only."""
     if path:
         proxy, meta = load_context(path)
     else:
-        shipped = shipped_weights(f"proxy_k{patch}", quality)
+        shipped = shipped_weights(shipped_name("anyorder", patch, mixture), quality)
         if not shipped.is_file():
+            what = f"proxy for patch {patch}" + (f" with {mixture} mixture components" if mixture > 1 else "")
+            option = f" --mixture {mixture}" if mixture > 1 else ""
             raise UserError(
-                f"no shipped proxy for patch {patch}; train one with `python -m orderopt.train context "
-                f"--proxy --patch {patch} --train-images DIR --out P.pt` and pass --proxy P.pt"
+                f"no shipped {what} (quality {quality or 'default'}); train one with `python -m "
+                f"orderopt.train context --proxy --patch {patch}{option} "
+                "--train-images DIR --out P.pt` and pass --proxy P.pt"
             )
         proxy, meta = load_context(shipped)
         if meta.get("model_hash") != lat.model_hash:

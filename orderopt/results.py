@@ -482,6 +482,7 @@ SETTINGS = (
     "quality",
     "stages",
     "table_fraction",
+    "mixture",
 )
 # what the manifest keeps of each dedicated model's record
 DEDICATED_KEYS = (

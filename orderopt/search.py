@@ -18,11 +18,9 @@ Writes a run directory with
   timings; with ``--verify``: ``rank_correlation`` (Spearman and Kendall of proxy against
   dedicated rates) and ``dedicated`` (each model's rate, per-image bpp, budget, time).
 
-``--verify`` trains dedicated models (:mod:`orderopt.verify`), from scratch or, with
-``--verify-init proxy``, fine-tuned from the proxy's weights restricted to each order's masks.
-
-A finished run with the same settings is reused unless ``--force``; an interrupted one
-resumes (the cost table and each dedicated model are saved as they are computed).
+``--verify`` trains dedicated models (:mod:`orderopt.verify`). A finished run with the same
+settings is reused unless ``--force``; an interrupted one resumes (the cost table and each
+dedicated model are saved as they are computed).
 """
 
 from __future__ import annotations
@@ -95,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="held-out image folder (default: the embedded photographs)")
     p.add_argument("--latents", help="held-out latent file (.pt or .npz) instead of --model/--images")
     p.add_argument("--proxy", help="any-order proxy checkpoint for --patch (default: the shipped one)")
+    p.add_argument(
+        "--mixture",
+        type=number(at_least=1),
+        default=1,
+        help="Gaussian-mixture components of the shipped proxy (1, or 3 where one is shipped: quality 2); "
+        "--proxy takes its own",
+    )
     p.add_argument("--out", help="run directory (default: runs/patch<k>-<strategy>)")
     p.add_argument("--force", action="store_true", help="recompute a finished run")
     p.add_argument("--trials", type=number(at_least=1), default=200, help="Optuna trials (this worker)")
@@ -180,6 +185,10 @@ def check_arguments(args) -> str:
             f"--table-fraction {args.table_fraction:g} is not a fraction of the decoded sets; "
             "give one in (0, 1]"
         )
+    if args.proxy and args.mixture != 1:
+        raise UserError(
+            "--mixture picks a shipped proxy; a --proxy checkpoint has its own number of components"
+        )
     if (args.storage or args.study) and strategy != "optuna":
         raise UserError("--storage and --study are for --strategy optuna")
     if args.storage:
@@ -204,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     h, w = lat.min_size
     if h < args.patch or w < args.patch:
         raise UserError(f"latents of {h}×{w} are smaller than the {args.patch}×{args.patch} patch")
-    proxy, proxy_meta = load_proxy(args.proxy, args.patch, args.quality, lat)
+    proxy, proxy_meta = load_proxy(args.proxy, args.patch, args.quality, lat, args.mixture)
     costs_path = out / "costs.npz"
     meta = {"model_hash": lat.model_hash, "images_hash": lat.images_hash, "proxy_hash": proxy_meta["hash"]}
     table = open_table(ProxyOracle(proxy, lat, device=device), meta, args.patch, costs_path, args.force)

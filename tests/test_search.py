@@ -301,6 +301,9 @@ def test_verify_trains_dedicated_models(setup, image_dir):
         ),
         (["--storage", "sqlite:///x.db"], "for --strategy optuna"),
         (["--device", "tpu"], "unknown device"),
+        (["--mixture", "0"], "at least 1"),
+        (["--proxy", "p.pt", "--mixture", "3"], "its own number of components"),
+        (["--quality", "1", "--mixture", "3"], "no shipped proxy for patch 2 with 3 mixture"),
     ],
 )
 def test_cli_errors(args, message, tmp_path):
