@@ -356,7 +356,9 @@ def test_median_seconds_warms_up_once_and_takes_the_median(monkeypatch):
     assert timing.median_seconds(lambda: calls.append(1), repeat=1, warmup=False) == 5.0 and len(calls) == 5
 
 
-def untrained_proxy(path: Path, patch: int, model_hash: str, m: int = 12, c: int = 24) -> Path:
+def untrained_proxy(
+    path: Path, patch: int, model_hash: str, m: int = 12, c: int = 24, mixture: int = 1
+) -> Path:
     """An any-order proxy at its initialisation for the tiny model (ŷ channels m, h_s output c):
     rates of no meaning, which is all a smoke test needs, without a training."""
     import torch
@@ -365,7 +367,7 @@ def untrained_proxy(path: Path, patch: int, model_hash: str, m: int = 12, c: int
     from orderopt.fit import save_context
 
     torch.manual_seed(0)
-    proxy = AnyOrderContext(patch, m, c)
+    proxy = AnyOrderContext(patch, m, c, mixture=mixture)
     meta = {**proxy.spec(), "latent_channels": m, "hyper_channels": c, "model_hash": model_hash}
     save_context(proxy, path, meta)
     return path
@@ -746,3 +748,37 @@ def test_proxy_gaps_on_the_tiny_model(tiny_model, tiny_ckpt, image_dir, tmp_path
     again, _ = outputs(tmp_path / "again", "proxy_gaps")
     assert again["dedicated"] == result["dedicated"] and again["dedicated_gaps"] == result["dedicated_gaps"]
     assert f"--autoregressive {ar}" in again["command"]
+
+
+def test_mixture_orders_of_a_gaussian_and_a_mixture_run(tmp_path, monkeypatch):
+    """Two 2×2 runs on the same tiny latents, one with a K = 1 and one with a K = 3 proxy."""
+    from orderopt import search
+
+    from .test_costs import CH, M, random_latents
+
+    random_latents(seed=0).save(tmp_path / "held.pt")
+    runs = []
+    for k in (1, 3):
+        proxy = untrained_proxy(tmp_path / f"p{k}.pt", 2, "test", M, CH, mixture=k)
+        runs.append(tmp_path / f"run{k}")
+        args = ["--patch", "2", "--latents", tmp_path / "held.pt", "--proxy", proxy, "--bootstrap", "100"]
+        assert search.main([*map(str, args), "--out", str(runs[-1])]) == 0
+    run_main(monkeypatch, "mixture_orders", "--pair", *runs, "--out", tmp_path)
+    result, text = outputs(tmp_path, "mixture_orders")
+    (c,) = result["pairs"]
+    import pandas as pd
+
+    a, b = (pd.read_csv(r / "candidates.csv") for r in runs)
+    a, b = (d[d["source"] != "baseline"].set_index("order")["proxy_bits_per_latent"] for d in (a, b))
+    assert c["mixture"] == 3 and c["orders_compared"] == 24 and c["patch"] == 2
+    assert c["spearman"] == pytest.approx(stats.spearmanr(a, b[a.index]).statistic)
+    assert c["best_gaussian"] == a.index[0] and c["best_mixture"] == b.index[0]
+    assert c["same_best"] == (a.index[0] == b.index[0])
+    assert c["rank_of_gaussian_best_under_mixture"] == list(b.index).index(a.index[0]) + 1
+    assert c["mixture_regret_of_gaussian_best_pct"] == pytest.approx(100 * (b[a.index[0]] / b.iloc[0] - 1))
+    assert c["mixture_regret_of_gaussian_best_pct"] >= 0 and 0 <= c["top_shared"] <= 5
+    for v in c["baselines"].values():
+        ratio = v["mixture_bits_per_latent"] / v["gaussian_bits_per_latent"]
+        assert v["mixture_over_gaussian_pct"] == pytest.approx(100 * (ratio - 1), nan_ok=True)
+    table, base = md_tables(text)
+    assert table[0]["best, K = 1"] == f"`{a.index[0]}`" and len(base) == 3
