@@ -20,6 +20,11 @@
 # first stage's record kept as qQ_proxy_kK.stage1.json); q3's proxies, still improving, for a
 # third stage the same way with --seed 2, --init from the second stage's export and --out
 # checkpoints/context-q3c/proxy_kK.pt (the second stage's record kept as q3_proxy_kK.stage2.json)
+# The Gaussian-mixture (K = 3) proxies of quality 2, with q2's protocol from scratch (K = 2, 4):
+#   python -m orderopt.train context --proxy --patch K --raster-fraction 0.25 --mixture 3 \
+#     --train-latents checkpoints/context-q2/train_latents.pt --eval-latents checkpoints/context-q2/held_latents.pt \
+#     --steps 3000 --batch 16 --crop 16 --seed 0 --eval-every 500 --threads 1 --out checkpoints/context-q2-mix3/proxy_kK.pt
+# exported to orderopt/weights/q2/proxy_kK_mix3.pt, records in results/context/q2_proxy_kK_mix3.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${1:?usage: train_shipped_context.sh QUALITY [BSDS500_DIR] [STEPS]}
