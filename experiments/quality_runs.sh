@@ -22,4 +22,9 @@ python experiments/context_curves.py
 python -m orderopt.report results/search-patch2 results/search-patch4 results/search-patch2-wikiphotos \
   --out results/report --decode-time results/decode_time.json
 python experiments/base_vs_classic.py
+# the Gaussian-mixture (K = 3) proxies of quality 2 against the Gaussian ones (same latents)
+python -m orderopt.search --quality 2 --patch 2 --mixture 3 --out results/search-patch2-mix3 --force
+python -m orderopt.search --quality 2 --patch 4 --mixture 3 --random 50 --out results/search-patch4-mix3 --force
+python experiments/mixture_orders.py --pair results/search-patch2 results/search-patch2-mix3 \
+  --pair results/search-patch4-dp results/search-patch4-mix3
 python experiments/results_index.py

@@ -349,3 +349,27 @@ def test_shipped_quality_round_trip_and_decode_by_hash(tmp_path):
         codec.main(["decode", str(stream), str(out), "--model", "m.pt", "--quality", "1"])
     with pytest.raises(UserError, match="was encoded with base model"):
         codec.main(["decode", str(stream), str(out), "--quality", "3"])
+
+
+def test_shipped_mixture_proxy_round_trip(tmp_path):
+    """codec encode --mixture 3 codes with quality 2's shipped K = 3 proxy and the mixture
+    coder; the decoder finds the model, the proxy and the coder from the stream alone and
+    reconstructs the same image as from the Gaussian proxy's stream."""
+    from orderopt.container import unpack
+
+    arr = (np.random.default_rng(1).uniform(0, 1, (64, 64, 3)) * 255).astype(np.uint8)
+    png, stream = tmp_path / "in.png", tmp_path / "s.oopt"
+    Image.fromarray(arr).save(png)
+    args = ["encode", str(png), str(stream), "--order", "0,2;1,3", "--mixture", "3", "--quality", "2"]
+    assert codec.main(args) == 0
+    header, _, _ = unpack(stream.read_bytes())
+    assert header["coder"]["name"] == "mixture" and header["context"]["mixture"] == 3
+    assert codec.main(["decode", str(stream), str(tmp_path / "mix.png")]) == 0
+    # every context model codes the same ŷ = round(y): the Gaussian proxy's stream decodes alike
+    gauss = tmp_path / "g.oopt"
+    assert codec.main(["encode", str(png), str(gauss), "--order", "0,2;1,3", "--quality", "2"]) == 0
+    assert codec.main(["decode", str(gauss), str(tmp_path / "gauss.png")]) == 0
+    decoded = [np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("mix", "gauss")]
+    assert decoded[0].shape == (64, 64, 3) and np.array_equal(*decoded)
+    with pytest.raises(UserError, match="proxy_k2_mix3"):
+        codec.main([*args[:-1], "1"])  # quality 1 ships no mixture proxy

@@ -782,3 +782,4 @@ def test_mixture_orders_of_a_gaussian_and_a_mixture_run(tmp_path, monkeypatch):
         assert v["mixture_over_gaussian_pct"] == pytest.approx(100 * (ratio - 1), nan_ok=True)
     table, base = md_tables(text)
     assert table[0]["best, K = 1"] == f"`{a.index[0]}`" and len(base) == 3
+    assert c["gaussian_regret_of_mixture_best_pct"] >= 0
