@@ -42,4 +42,5 @@ python experiments/bench_base_step.py --out results
 bash experiments/one_basis_runs.sh
 bash experiments/quality_runs.sh
 bash experiments/time_default_search.sh
+bash experiments/time_tests.sh
 python experiments/results_index.py
