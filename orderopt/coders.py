@@ -149,6 +149,18 @@ class GaussianCoder(LatentCoder):
 
 
 TABLE_ELEMENTS = 2**20  # probabilities per call of the mixture coder (8 MiB of float64)
+# Widest symbol range the mixture coder builds tables over: its work grows with the width, so a
+# stream's header must not choose it freely. Trained models' ŷ spans a few hundred values.
+MIXTURE_MAX_RANGE = 4096
+
+
+def check_mixture_range(y_range: tuple[int, int]) -> None:
+    width = y_range[1] - y_range[0] + 1
+    if width > MIXTURE_MAX_RANGE:
+        raise UserError(
+            f"ŷ spans {width} values, more than the mixture coder's {MIXTURE_MAX_RANGE}: a corrupt stream, "
+            "or latents no trained context model produces"
+        )
 
 
 def mixture_tables(params: tuple[np.ndarray, ...], y_range: tuple[int, int]) -> Iterator[np.ndarray]:
@@ -203,6 +215,7 @@ class MixtureCoder(LatentCoder):
         return {"probe": probe_digest()}
 
     def encode(self, stages: list, y_range: tuple[int, int], substreams: int | None) -> np.ndarray:
+        check_mixture_range(y_range)
         enc = constriction.stream.queue.RangeEncoder()
         cat = constriction.stream.model.Categorical(perfect=False)
         for symbols, *params in stages:
@@ -221,4 +234,5 @@ class MixtureCoder(LatentCoder):
                 f"stream was coded with mixture tables {coder.get('probe')}, and this machine builds "
                 f"{probe_digest()} (floating point differs): decode it where it was encoded"
             )
+        check_mixture_range(tuple(header["y_range"]))
         return _MixtureDecoder(words, tuple(header["y_range"]))

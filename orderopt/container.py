@@ -88,6 +88,7 @@ def unpack(stream: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
 # probability tables a header can make the decoder build.
 MAX_SYMBOL = 1 << 15
 MAX_PATCH = 64
+MAX_MIXTURE = 64  # Gaussian-mixture components a stream's context model may have
 MAX_Z_TABLE = 1 << 27  # entries of ẑ's probability rows (1 GiB in float64): far above real streams
 _CONTEXT_KINDS = ("multistage", "autoregressive", "anyorder")
 
@@ -149,6 +150,8 @@ def check_header(header) -> None:
     _str(ctx.get("order"), "context order", optional=True)
     if ctx.get("patch") is not None:
         _int(ctx.get("patch"), "context patch", 1, MAX_PATCH)
+    if "mixture" in ctx:
+        _int(ctx.get("mixture"), "context mixture", 1, MAX_MIXTURE)
     text = _str(header.get("order"), "order", optional=True)
     if kind == "anyorder" and text is None:
         raise UserError("stream header is invalid: a stream coded with the proxy needs its order")

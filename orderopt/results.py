@@ -499,7 +499,10 @@ DEDICATED_KEYS = (
 
 def settings_key(args) -> str:
     """A short hash of the arguments in :data:`SETTINGS`."""
-    blob = json.dumps({k: getattr(args, k) for k in SETTINGS}, sort_keys=True, default=str)
+    settings = {k: getattr(args, k, None) for k in SETTINGS}
+    if settings.get("mixture") in (None, 1):  # the default: keys of runs made before the option stay
+        del settings["mixture"]
+    blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -234,6 +234,8 @@ def decode(
             coding += time.perf_counter() - t
     except rans.StreamError as e:
         raise UserError(f"stream is corrupt ({e})") from None
+    except AssertionError as e:  # constriction's range decoder on data no model could have coded
+        raise UserError(f"stream is corrupt ({str(e).splitlines()[0][:200]})") from None
     if not dec.finished():
         raise UserError("stream is corrupt (its ŷ data does not end with the last stage)")
     t = time.perf_counter()

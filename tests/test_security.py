@@ -158,6 +158,8 @@ def crafted(stream: bytes, **changes) -> bytes:
         ({"context": {"kind": "anyorder", "patch": 10**9, "hash": "x"}}, "context patch"),
         ({"y_crc": -1}, "y_crc"),
         ({"y_crc": 12345}, "checksum"),
+        ({"context": {"kind": "anyorder", "patch": 2, "hash": "x", "mixture": None}}, "context mixture"),
+        ({"context": {"kind": "anyorder", "patch": 2, "hash": "x", "mixture": [3]}}, "context mixture"),
     ],
 )
 def test_crafted_headers_are_refused(stream, changes, message):
@@ -187,6 +189,54 @@ def test_crafted_header_within_bounded_memory(tmp_path, stream, tiny_ckpt):
     )  # fmt: skip
     assert r.returncode == 2 and "out of range" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.fixture
+def mixture_stream(stream):
+    """The crafted-stream fixture's image coded with the mixture coder (any model: K = 1 too)."""
+    _, base, meta, ctx, cmeta = stream
+    rng = np.random.default_rng(0)
+    img = data.to_tensor(np.clip(np.cumsum(rng.normal(0, 6, (70, 90, 3)), 1) + 100, 0, 255).astype(np.uint8))
+    enc = streams.encode(img, base, meta["hash"], ctx, cmeta, o.paper_order(2), coder="mixture")
+    return enc.stream, base, meta, ctx, cmeta
+
+
+def test_crafted_symbol_range_cannot_make_mixture_decoding_slow(mixture_stream):
+    """The mixture coder's work grows with the header's ŷ range: a range wider than any trained
+    model's is refused at once instead of building tables over 65,537 symbols per latent."""
+    s, base, meta, ctx, cmeta = mixture_stream
+    assert streams.decode(s, base, meta["hash"], ctx, cmeta).y_hat is not None
+    t = time.perf_counter()
+    with pytest.raises(UserError, match="mixture coder"):
+        streams.decode(crafted(s, y_range=[-32768, 32768]), base, meta["hash"], ctx, cmeta)
+    assert time.perf_counter() - t < 2
+
+
+def test_garbage_mixture_and_gaussian_payloads_are_one_line_errors(stream, mixture_stream):
+    """constriction's decoders assert on data no model could have coded: a one-line error."""
+    for s, base, meta, ctx, cmeta in (mixture_stream, stream):
+        header, z_words, y_words = container.unpack(s)
+        if header["coder"]["name"] != "mixture":  # the rans stream, read by constriction's Gaussian coder
+            header = {**header, "coder": {"name": "gaussian"}}
+        bad = container.pack(header, z_words, np.full_like(y_words, 0xFFFFFFFF))
+        with pytest.raises(UserError, match="corrupt") as err:
+            streams.decode(bad, base, meta["hash"], ctx, cmeta)
+        assert "\n" not in str(err.value)
+
+
+def test_runs_made_before_the_mixture_option_keep_their_settings_key():
+    """A finished Gaussian run is reused by the same command: its settings key does not change
+    when options with defaults are added (the committed runs' manifests hold their keys)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from orderopt.results import settings_key
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    for run in ("search-patch4", "search-patch4-dp", "search-patch2-q3", "search-patch4-mix3"):
+        m = json.loads((root / run / "manifest.json").read_text())
+        assert settings_key(argparse.Namespace(**m["arguments"])) == m["settings_key"], run
 
 
 def test_container_crc_still_guards_random_damage(stream):
