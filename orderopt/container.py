@@ -89,6 +89,7 @@ def unpack(stream: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
 MAX_SYMBOL = 1 << 15
 MAX_PATCH = 64
 MAX_MIXTURE = 64  # Gaussian-mixture components a stream's context model may have
+MAX_THREADS = 1024  # CPU threads the encoder's networks ran with
 MAX_Z_TABLE = 1 << 27  # entries of ẑ's probability rows (1 GiB in float64): far above real streams
 _CONTEXT_KINDS = ("multistage", "autoregressive", "anyorder")
 
@@ -170,5 +171,7 @@ def check_header(header) -> None:
         raise UserError("stream header is invalid: coder is not an object")
     _str(coder.get("name"), "coder", tuple(coders.REGISTRY))
     _str(header.get("device"), "device", ("cpu", "cuda"))
+    if "threads" in header:
+        _int(header.get("threads"), "threads", 1, MAX_THREADS)
     _str(header.get("precision"), "precision", tuple(PRECISIONS))
     _int(header.get("y_crc"), "y_crc", 0, (1 << 32) - 1)

@@ -11,6 +11,7 @@ The container format and its checks are in :mod:`orderopt.container`; the comman
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -148,6 +149,8 @@ def encode(
         "y_range": [ylo, yhi],
         "coder": {"name": coder, **coders.REGISTRY[coder].header()},
         "device": device.type,
+        # the CPU thread count the networks ran with: the decoder runs them with the same
+        **({"threads": torch.get_num_threads()} if device.type == "cpu" else {}),
         "precision": precision,
         "y_crc": latents_crc(y_hat[0]),
     }
@@ -176,12 +179,31 @@ class Decoded:
         return self.network_seconds + self.coding_seconds
 
 
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None):
+    """Run torch's CPU kernels with ``threads`` threads (None: as they are): matrix products
+    split their sums by thread, so the context network's float results, and with them the
+    coded distributions, depend on the thread count the encoder used."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def decode(
     stream: bytes, base: HyperpriorCodec, base_hash: str, context: ContextModel, context_meta: dict
 ) -> Decoded:
     t0 = time.perf_counter()
     header, z_words, y_words = unpack(stream)
+    with intra_op_threads(header.get("threads") if header["device"] == "cpu" else None):
+        return _decode(header, z_words, y_words, t0, base, base_hash, context, context_meta)
+
+
+def _decode(header, z_words, y_words, t0, base, base_hash, context, context_meta) -> Decoded:
     if header["model"] != base_hash:
         raise UserError(
             f"stream was encoded with base model {header['model']}, not {base_hash}; pass --model"

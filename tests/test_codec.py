@@ -373,3 +373,26 @@ def test_shipped_mixture_proxy_round_trip(tmp_path):
     assert decoded[0].shape == (64, 64, 3) and np.array_equal(*decoded)
     with pytest.raises(UserError, match="proxy_k2_mix3"):
         codec.main([*args[:-1], "1"])  # quality 1 ships no mixture proxy
+
+
+def test_a_stream_decodes_with_any_thread_count_of_the_decoder():
+    """The context network's float results depend on how many threads split its matrix
+    products (encoded with 2 threads and decoded with 1, a stream of the shipped proxy was
+    'corrupt'): the stream records the encoder's count and the decoder runs with it."""
+    from orderopt.container import unpack
+    from orderopt.fit import load_context
+    from orderopt.model import load_model, shipped_weights
+
+    base, meta = load_model(None, 2)
+    ctx, cmeta = load_context(shipped_weights("proxy_k2", 2))
+    img = torch.rand(3, 128, 192, generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        enc = streams.encode(img, base, meta["hash"], ctx, cmeta, o.paper_order(2))
+        assert unpack(enc.stream)[0]["threads"] == 2
+        torch.set_num_threads(1)
+        assert torch.equal(streams.decode(enc.stream, base, meta["hash"], ctx, cmeta).y_hat, enc.y_hat)
+        assert torch.get_num_threads() == 1  # the caller's setting is back
+    finally:
+        torch.set_num_threads(before)
