@@ -76,26 +76,17 @@ def test_cli_errors_are_one_line(tmp_path, image_dir):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--crop: must be a multiple of 64" in r.stderr
 
 
+def tiny_context_args(image_dir, ckpt, cache) -> list[str]:
+    """`train context` on the tiny model and images for three steps of tiny crops."""
+    return ["context", "--train-images", str(image_dir), "--eval-images", str(image_dir),
+            "--model", str(ckpt), "--cache-dir", str(cache),
+            "--steps", "3", "--batch", "2", "--crop", "4"]  # fmt: skip
+
+
 def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
     import json
 
-    common = [
-        "context",
-        "--train-images",
-        str(image_dir),
-        "--eval-images",
-        str(image_dir),
-        "--model",
-        str(tiny_ckpt),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--crop",
-        "4",
-    ]
+    common = tiny_context_args(image_dir, tiny_ckpt, tmp_path / "cache")
     out = tmp_path / "ms.pt"
     assert train.main([*common, "--order", "0,1;2,3", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
@@ -182,19 +173,7 @@ def test_mixture_proxy_trains_then_searches(tmp_path, tiny_ckpt, image_dir):
     from orderopt.model import shipped_weights
 
     cache = tmp_path / "cache"
-    common = ["context", "--train-images", str(image_dir), "--eval-images", str(image_dir)]
-    common += [
-        "--model",
-        str(tiny_ckpt),
-        "--cache-dir",
-        str(cache),
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--crop",
-        "4",
-    ]
+    common = tiny_context_args(image_dir, tiny_ckpt, cache)
     out = tmp_path / "p3.pt"
     proxy = ["--proxy", "--patch", "2", "--raster-fraction", "0.25"]
     assert train.main([*common, *proxy, "--mixture", "3", "--out", str(out)]) == 0
