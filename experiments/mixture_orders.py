@@ -20,7 +20,6 @@ from outputs import save_results
 from scipy import stats
 
 from orderopt import orders as od
-from orderopt.costs import bitmask
 from orderopt.results import BASELINES, Run
 from orderopt.summary import gain_text
 
@@ -36,10 +35,7 @@ def rate_of(run: Run, order: str) -> float | None:
     if run.table is None:
         return None
     o = od.DecodingOrder.parse(order)
-    known = np.asarray(run.table.known, dtype=bool)
-    if not all(known[bitmask(sd, run.patch)] for sd, _ in o.schedule()):
-        return None
-    return float(run.table.rate(o) / run.table.num_elements)
+    return run.table.bits_per_latent(o) if run.table.knows(o) else None
 
 
 def regret_pct(run: Run, order: str) -> float | None:

@@ -43,6 +43,11 @@ def bitmask(positions: Iterable[Position], patch: int) -> int:
     return sum(1 << (r * patch + c) for r, c in positions)
 
 
+def order_sets(order: DecodingOrder) -> list[int]:
+    """The decoded set each stage of ``order`` starts from (the rows of c(S, q) it reads)."""
+    return [bitmask(s, order.patch) for s, _ in order.schedule()]
+
+
 @runtime_checkable
 class Oracle(Protocol):
     """What a cost table is filled from: c(S, q) in bits for a batch of decoded sets S (bitmasks
@@ -335,7 +340,7 @@ class CostTable:
     def image_rates(self, order: DecodingOrder) -> np.ndarray:
         """Bits of ŷ of every image under ``order`` (sums to :meth:`rate` up to rounding)."""
         k = self.patch
-        self.fill_images(bitmask(s, k) for s, _ in order.schedule())
+        self.fill_images(order_sets(order))
         return sum(self.image_costs[bitmask(s, k)][r * k + c] for s, pos in order.schedule() for r, c in pos)
 
     def fill_raster(self) -> None:
@@ -368,10 +373,14 @@ class CostTable:
                 f"order {order} is {order.patch}×{order.patch}, the cost table {self.patch}×{self.patch}"
             )
         k = self.patch
-        self.fill([bitmask(s, k) for s, _ in order.schedule()])
+        self.fill(order_sets(order))
         return [
             float(sum(self.table[bitmask(s, k), r * k + c] for r, c in pos)) for s, pos in order.schedule()
         ]
+
+    def knows(self, order: DecodingOrder) -> bool:
+        """Whether every row ``order`` reads is computed (its rate needs no oracle)."""
+        return all(self.known[s] for s in order_sets(order))
 
     def rate(self, order: DecodingOrder) -> float:
         """Total bits of ŷ on the latent set under ``order``."""

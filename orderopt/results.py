@@ -484,6 +484,9 @@ SETTINGS = (
     "table_fraction",
     "mixture",
 )
+# options added after finished runs existed, with their defaults: left out of the key at the
+# default, so that the same command still reuses those runs
+ADDED_LATER = {"mixture": 1}
 # what the manifest keeps of each dedicated model's record
 DEDICATED_KEYS = (
     "bits_per_latent",
@@ -500,8 +503,9 @@ DEDICATED_KEYS = (
 def settings_key(args) -> str:
     """A short hash of the arguments in :data:`SETTINGS`."""
     settings = {k: getattr(args, k, None) for k in SETTINGS}
-    if settings.get("mixture") in (None, 1):  # the default: keys of runs made before the option stay
-        del settings["mixture"]
+    for k, default in ADDED_LATER.items():  # runs made before the option keep their key
+        if settings[k] in (None, default):
+            del settings[k]
     blob = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

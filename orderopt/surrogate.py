@@ -21,7 +21,7 @@ import numpy as np
 import scipy.linalg
 
 from . import strategies
-from .costs import CostTable, bitmask
+from .costs import CostTable, order_sets
 from .orders import DecodingOrder
 
 DEGREE = 3  # terms up to products of three positions: 576 per position for 4×4
@@ -110,12 +110,12 @@ def settle(
     decided by exact costs rather than by the fit. Returns the last surrogate, its picks and
     the number of rounds. It ends: every round but the last computes at least one more set,
     and a complete table is its own surrogate."""
-    k, rounds = table.patch, 0
+    rounds = 0
     while True:
         rounds += 1
         approx = surrogate(table, degree)
         picks = list(pick(approx))
-        need = {bitmask(s, k) for o in picks for s, _ in o.schedule()}
+        need = {s for o in picks for s in order_sets(o)}
         if margin > 0:
             need |= set(near_optimal_sets(approx, margin))
         missing = sorted(need - set(known_sets(table)))

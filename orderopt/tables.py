@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from . import orders as od
 from . import strategies, surrogate
-from .costs import CostTable, Oracle, bitmask
+from .costs import CostTable, Oracle, order_sets
 from .errors import UserError
 from .results import baseline_orders
 
@@ -114,12 +114,5 @@ def settled_surrogate(table: CostTable, path: Path, fraction: float, seed: int) 
 
 def scored_sets(patch: int, orders) -> set[int]:
     """Every decoded set that scoring ``orders``, the published orders and the baselines reads."""
-    return {
-        bitmask(sd, patch)
-        for o in [
-            *orders,
-            *od.published_orders(patch).values(),
-            *filter(None, baseline_orders(patch).values()),
-        ]
-        for sd, _ in o.schedule()
-    }
+    baselines = filter(None, baseline_orders(patch).values())
+    return {s for o in [*orders, *od.published_orders(patch).values(), *baselines] for s in order_sets(o)}
