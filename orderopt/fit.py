@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,71 @@ class FitConfig:
     # proxies: the share of each batch trained with the autoregressive (raster) context, so
     # that the same weights also score the autoregressive schedule (one basis for every row)
     raster_fraction: float = 0.0
+
+
+@dataclass
+class Plateau:
+    """Training until the held-out rate stops improving (reduce-on-plateau, then stop).
+
+    A held-out value counts as an improvement when it is below the best counted one by more than
+    ``min_delta`` (relative). After ``patience`` evaluations without one the learning rate drops
+    by ``factor``; after ``drops`` drops, ``patience`` more evaluations without one stop training
+    (``converged``). ``lowest``/``lowest_step`` track the lowest value seen, whose weights
+    :func:`fit_context` keeps and ends with. Pure state, saved in checkpoints to resume.
+    """
+
+    patience: int
+    min_delta: float = 1e-3
+    drops: int = 2
+    factor: float = 0.1
+    best: float = float("inf")
+    waited: int = 0
+    dropped: int = 0
+    converged: bool = False
+    lowest: float = float("inf")
+    lowest_step: int = 0
+
+    def __post_init__(self) -> None:
+        if self.patience < 1 or self.drops < 0 or not 0 < self.factor < 1 or self.min_delta < 0:
+            raise ValueError("Plateau needs patience ≥ 1, drops ≥ 0, 0 < factor < 1 and min_delta ≥ 0")
+
+    @property
+    def lr_scale(self) -> float:
+        return self.factor**self.dropped
+
+    def rule(self) -> dict:
+        """The settings (what a resumed run must share), without the state."""
+        return {k: getattr(self, k) for k in ("patience", "min_delta", "drops", "factor")}
+
+    def update(self, step: int, value: float) -> str:
+        """Record a held-out value; returns "improved", "waiting", "drop" or "stop"."""
+        if value < self.lowest:
+            self.lowest, self.lowest_step = value, step
+        if value < self.best * (1 - self.min_delta):
+            self.best, self.waited = value, 0
+            return "improved"
+        self.waited += 1
+        if self.waited < self.patience:
+            return "waiting"
+        self.waited = 0
+        if self.dropped < self.drops:
+            self.dropped += 1
+            return "drop"
+        self.converged = True
+        return "stop"
+
+
+@dataclass
+class HeldOut:
+    """A held-out learning curve measured during :func:`fit_context`: ``evaluate()`` every
+    ``every`` steps (the model in eval mode) returns a point whose ``metric`` key drives the
+    optional :class:`Plateau`. The curve and the plateau's state resume with the checkpoint."""
+
+    evaluate: Callable[[], dict[str, float]]
+    every: int
+    metric: str = "bits_per_latent"
+    plateau: Plateau | None = None
+    curve: list[dict] = field(default_factory=list)
 
 
 def build_context(
@@ -177,6 +242,17 @@ def check_same_model(saved: dict, meta: dict, path: Path) -> None:
         raise UserError(f"{path} holds another context model ({was}, not {now}); choose another --out")
 
 
+def _same_run(train_state: dict, config: dict, rule: dict | None) -> bool:
+    """Whether a checkpoint's training state continues this run. Under a plateau rule the step
+    count is only a cap, so a run resumes with a higher one."""
+    saved = dict(train_state.get("config") or {})
+    if train_state.get("plateau_rule") != rule:
+        return False
+    if rule is not None:
+        saved["steps"] = config["steps"]
+    return saved == config
+
+
 def fit_context(
     model: ctxm.ContextModel,
     train: LatentSet,
@@ -188,6 +264,7 @@ def fit_context(
     on_step: Callable[[int], None] | None = None,
     device: str | torch.device = "cpu",
     time_limit: float = 0.0,
+    held_out: HeldOut | None = None,
 ) -> ctxm.ContextModel:
     """Train ``model`` on random latent crops (Adam, lr ÷10 for the last 20% of steps), on
     ``device`` (the model is moved there; crops are drawn on the CPU and moved per step).
@@ -198,6 +275,12 @@ def fit_context(
     With ``checkpoint`` the state is saved every 100 steps and training resumes from it.
     ``on_step(step)`` is called after every optimizer step (1-based), e.g. to measure a
     learning curve; it may switch the model to eval mode, training switches it back.
+
+    ``held_out`` measures a learning curve that resumes with the checkpoint; with its
+    ``plateau`` the learning rate follows the plateau instead of the fixed drop, training stops
+    once the held-out rate stops improving (``config.steps`` is then a cap), and the model ends
+    with the weights of its lowest held-out value, the starting weights (measured at step 0)
+    included.
     """
     torch.manual_seed(config.seed)
     crops = LatentCrops(train, config.crop, config.seed)
@@ -205,17 +288,27 @@ def fit_context(
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = 0
+    plateau = held_out.plateau if held_out is not None else None
+    rule = plateau.rule() if plateau is not None else None
+    lowest_state: dict | None = None  # weights at the plateau's lowest held-out value
     if checkpoint is not None and checkpoint.is_file():
         # weights only (never unpickles code), with every key a context model needs
         d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint", required=("state_dict",))
         check_same_model(d, {**(meta or {}), "mixture": model.mixture}, checkpoint)
-        if d.get("train_state") and d["train_state"].get("config") == asdict(config):
+        ts = d.get("train_state")
+        if ts and _same_run(ts, asdict(config), rule):
             model.load_state_dict(d["state_dict"])
-            opt.load_state_dict(d["train_state"]["optimizer"])
-            crops.rng.bit_generator.state = d["train_state"]["crop_rng"]
-            rng.bit_generator.state = d["train_state"]["rng"]
-            torch.set_rng_state(d["train_state"]["torch_rng"])
-            step = d["train_state"]["step"]
+            opt.load_state_dict(ts["optimizer"])
+            crops.rng.bit_generator.state = ts["crop_rng"]
+            rng.bit_generator.state = ts["rng"]
+            torch.set_rng_state(ts["torch_rng"])
+            step = ts["step"]
+            if held_out is not None:
+                held_out.curve[:] = ts.get("curve", [])
+            if plateau is not None:
+                for k, v in ts["plateau"].items():
+                    setattr(plateau, k, v)
+                lowest_state = ts.get("lowest_state")
 
     def save():
         if checkpoint is not None:
@@ -227,14 +320,37 @@ def fit_context(
                 "rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
             }
+            if held_out is not None:
+                state["curve"] = held_out.curve
+            if plateau is not None:
+                state.update(plateau_rule=rule, plateau=asdict(plateau), lowest_state=lowest_state)
             save_context(model, checkpoint, {**(meta or {}), "steps_done": step}, state)
 
+    def measure_held_out() -> bool:
+        """Adds a curve point; True when the plateau says stop."""
+        nonlocal lowest_state
+        point = {"step": step, **held_out.evaluate()}
+        held_out.curve.append(point)
+        model.train()
+        if plateau is None:
+            return False
+        event = plateau.update(step, float(point[held_out.metric]))
+        point.update(event=event, lr=config.lr * plateau.lr_scale)
+        if plateau.lowest_step == step:
+            lowest_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return event == "stop"
+
     model.train()
+    if plateau is not None and step == 0 and not held_out.curve:
+        measure_held_out()  # the starting weights are the first to beat (fine-tuning may not)
     bar = tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not progress, leave=False)
     t0, limit = time.time(), time_limit or float("inf")
-    while step < config.steps and time.time() - t0 < limit:
-        late = step >= 0.8 * config.steps or time.time() - t0 >= 0.8 * limit
-        lr = config.lr * 0.1 if late else config.lr
+    while step < config.steps and time.time() - t0 < limit and not (plateau and plateau.converged):
+        if plateau is not None:
+            lr = config.lr * plateau.lr_scale
+        else:
+            late = step >= 0.8 * config.steps or time.time() - t0 >= 0.8 * limit
+            lr = config.lr * 0.1 if late else config.lr
         for g in opt.param_groups:
             g["lr"] = lr
         y, h = (t.to(device, non_blocking=True) for t in crops.sample(config.batch))
@@ -252,12 +368,15 @@ def fit_context(
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(bits=f"{float(loss.detach()):.4f}")
-        if step % 100 == 0:
+        stop = held_out is not None and step % held_out.every == 0 and measure_held_out()
+        if step % 100 == 0 or stop:
             save()
         if on_step is not None:
             on_step(step)
             model.train()
     bar.close()
+    if plateau is not None and plateau.converged and lowest_state is not None:
+        model.load_state_dict(lowest_state)  # early stopping: the held-out best, not the last
     save()
     return model.eval()
 

@@ -241,7 +241,17 @@ def train_context(args: argparse.Namespace) -> int:
     from .context import dedicated
     from .costs import CostTable, ProxyOracle
     from .files import write_json
-    from .fit import CONTEXT_KEYS, FORMAT, VERSION, FitConfig, build_context, fit_context, measure
+    from .fit import (
+        CONTEXT_KEYS,
+        FORMAT,
+        VERSION,
+        FitConfig,
+        HeldOut,
+        Plateau,
+        build_context,
+        fit_context,
+        measure,
+    )
 
     device = torch_device(args.device)
     if args.threads:
@@ -309,20 +319,20 @@ def train_context(args: argparse.Namespace) -> int:
         raster_fraction=args.raster_fraction if args.proxy else 0.0,
     )
     out = Path(args.out)
-    curve: list[dict] = []
 
-    def held_out_point(step: int) -> None:
-        if args.eval_every and step % args.eval_every == 0:
-            curve.append(
-                {
-                    "step": step,
-                    **_held_out_bits(
-                        model, held, args.patch if args.proxy else 0, device, config.raster_fraction > 0
-                    ),
-                }
-            )
-            tqdm.write(json.dumps(curve[-1]))
+    def held_out_point() -> dict[str, float]:
+        point = _held_out_bits(
+            model, held, args.patch if args.proxy else 0, device, config.raster_fraction > 0
+        )
+        tqdm.write(json.dumps(point))
+        return point
 
+    plateau = None
+    if args.converge:
+        if not args.eval_every:
+            raise UserError("--converge needs --eval-every N: the held-out rate it watches is measured then")
+        plateau = Plateau(args.converge, min_delta=args.min_delta, drops=args.lr_drops)
+    held_out = HeldOut(held_out_point, args.eval_every, plateau=plateau) if args.eval_every else None
     fit_context(
         model,
         train,
@@ -331,8 +341,8 @@ def train_context(args: argparse.Namespace) -> int:
         meta=meta,
         desc=f"train {meta['kind']}",
         device=device,
-        on_step=held_out_point,
         time_limit=args.time_limit,
+        held_out=held_out,
     )
     if args.proxy:
         table = CostTable.from_oracle(ProxyOracle(model, held, device=device))
@@ -352,8 +362,16 @@ def train_context(args: argparse.Namespace) -> int:
     else:
         result = measure(model, held)
     report = {**meta, "config": vars(config), "held_out": result}
-    if curve:  # only on request, so that the default report keeps its schema
-        report["held_out_curve"] = curve
+    if held_out is not None:  # only on request, so that the default report keeps its schema
+        report["held_out_curve"] = held_out.curve
+    if plateau is not None:
+        report["convergence"] = {
+            **plateau.rule(),
+            "converged": plateau.converged,
+            "lowest": plateau.lowest,
+            "lowest_step": plateau.lowest_step,
+            "steps_run": held_out.curve[-1]["step"] if held_out.curve else 0,
+        }
     write_json(report, out.with_suffix(".json"))
     summary = result if args.proxy else {k: result[k] for k in ("bits_per_latent", "bpp_y", "bpp")}
     print(json.dumps(summary, indent=2))
@@ -372,10 +390,15 @@ def _held_out_bits(model, held, patch: int, device, autoregressive: bool = False
         return {"bits_per_latent": measure(model, held)["bits_per_latent"]}
     table = CostTable.from_oracle(ProxyOracle(model, held, device=device))
     point = {"raster_order_bits_per_latent": table.bits_per_latent(orders.raster(patch))}
+    rated = [point["raster_order_bits_per_latent"]]
     if autoregressive:
         table.fill_raster()
         point["autoregressive_bits_per_latent"] = float(table.raster_image_bits.sum()) / table.num_elements
-    return point  # fit_context switches the model back to training after on_step
+        rated.append(point["autoregressive_bits_per_latent"])
+    if patch == 2:  # every order: how their ranking moves with training (15 decoded sets, cheap)
+        point["orders"] = {str(o): table.bits_per_latent(o) for o in orders.enumerate_orders(2)}
+    point["bits_per_latent"] = sum(rated) / len(rated)  # what --converge watches
+    return point  # fit_context switches the model back to training after measuring
 
 
 def _is_context_file(path: str) -> bool:
@@ -504,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=number(float, above=0),
         default=1e-3,
-        help="Adam learning rate (÷10 for the last 20%% of steps)",
+        help="Adam learning rate (÷10 for the last 20%% of steps; with --converge, at each plateau)",
     )
     c.add_argument("--seed", type=int, default=0, help="random seed")
     c.add_argument(
@@ -518,6 +541,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="measure the held-out rate every this many steps, saved as held_out_curve in the .json "
         "(0: only at the end)",
+    )
+    c.add_argument(
+        "--converge",
+        type=number(at_least=0),
+        default=0,
+        metavar="PATIENCE",
+        help="train until the held-out rate stops improving instead of a fixed schedule: after "
+        "PATIENCE held-out points (--eval-every) without an improvement of more than --min-delta the "
+        "learning rate drops ÷10, after --lr-drops drops training stops and keeps the weights of the "
+        "lowest held-out rate; --steps is then a cap. Hold out images the search will not rate "
+        "(e.g. BSDS500 val), since the stopping point is chosen on them (0: the fixed schedule)",
+    )
+    c.add_argument(
+        "--min-delta",
+        type=number(float, at_least=0),
+        default=1e-3,
+        help="--converge: the relative held-out improvement that counts",
+    )
+    c.add_argument(
+        "--lr-drops",
+        type=number(at_least=0),
+        default=2,
+        help="--converge: learning-rate drops (÷10 each) before a plateau stops training",
     )
     c.add_argument(
         "--time-limit",

@@ -127,6 +127,23 @@ def test_proxy_and_dedicated_training_learn(device):
         dedicated_rate("zigzag", train, held, cfg, progress=False)
 
 
+def interrupt_sampling(monkeypatch, at_call: int):
+    """Makes the ``at_call``-th crop draw of training raise KeyboardInterrupt (a killed run);
+    returns the real draw, to put back."""
+    from orderopt import fit
+
+    calls, real_sample = {"n": 0}, fit.LatentCrops.sample
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt
+        return real_sample(self, batch)
+
+    monkeypatch.setattr(fit.LatentCrops, "sample", interrupted)
+    return real_sample
+
+
 def test_fit_resumes_after_interruption(tmp_path, monkeypatch):
     from orderopt import fit
 
@@ -135,16 +152,8 @@ def test_fit_resumes_after_interruption(tmp_path, monkeypatch):
     torch.manual_seed(0)
     straight = fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, progress=False)
 
-    ckpt, calls = tmp_path / "c.pt", {"n": 0}
-    real_sample = fit.LatentCrops.sample
-
-    def interrupted(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 150:
-            raise KeyboardInterrupt
-        return real_sample(self, batch)
-
-    monkeypatch.setattr(fit.LatentCrops, "sample", interrupted)
+    ckpt = tmp_path / "c.pt"
+    real_sample = interrupt_sampling(monkeypatch, at_call=150)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
         fit_context(MultistageContext(o.raster(2), M, CH), train, cfg, checkpoint=ckpt, progress=False)
@@ -289,3 +298,70 @@ def test_mixture_proxy_trains_and_rates_every_schedule():
             for e in lat.entries
         ]
     np.testing.assert_allclose(oracle.raster_bits(), direct, rtol=1e-5)
+
+
+def test_plateau_drops_the_rate_then_stops_and_tracks_the_lowest():
+    from orderopt.fit import Plateau
+
+    p = Plateau(patience=2, min_delta=0.01, drops=1)
+    events = [p.update(s, v) for s, v in enumerate([1.0, 0.9, 0.895, 0.893, 0.95, 0.96], start=1)]
+    # 0.895 and 0.893 are within 1% of 0.9: no improvement, so the second wait drops the rate
+    assert events == ["improved", "improved", "waiting", "drop", "waiting", "stop"]
+    assert p.converged and p.dropped == 1 and p.lr_scale == pytest.approx(0.1)
+    assert (p.lowest, p.lowest_step, p.best) == (0.893, 4, 0.9)
+    with pytest.raises(ValueError):
+        Plateau(patience=0)
+
+
+def _plateau_fit(train, held, cfg, checkpoint=None, patience=1, min_delta=0.2):
+    from orderopt.fit import HeldOut, Plateau
+
+    model = MultistageContext(o.raster(2), M, CH)
+    held_out = HeldOut(
+        lambda: {"bits_per_latent": measure(model, held)["bits_per_latent"]},
+        every=5,
+        plateau=Plateau(patience, min_delta=min_delta, drops=2),
+    )
+    fit_context(model, train, cfg, checkpoint=checkpoint, progress=False, held_out=held_out)
+    return model, held_out
+
+
+def test_fit_until_plateau_stops_early_and_keeps_the_lowest_weights():
+    train, held = random_latents(4, seed=3), random_latents(2, seed=4)
+    cfg = FitConfig(steps=500, batch=2, crop=4, seed=1)
+    torch.manual_seed(0)
+    # a 20% improvement on the starting weights (step 0) never comes: two drops, then stop
+    model, held_out = _plateau_fit(train, held, cfg)
+    curve = held_out.curve
+    assert [p["step"] for p in curve] == [0, 5, 10, 15]
+    assert [p["event"] for p in curve] == ["improved", "drop", "drop", "stop"]
+    assert [p["lr"] for p in curve] == pytest.approx([1e-3, 1e-4, 1e-5, 1e-5])
+    plateau = held_out.plateau
+    assert plateau.converged and plateau.lowest == min(p["bits_per_latent"] for p in curve)
+    assert measure(model, held)["bits_per_latent"] == pytest.approx(plateau.lowest, rel=1e-6)
+
+
+def test_fit_until_plateau_resumes_with_its_curve(tmp_path, monkeypatch):
+    from orderopt import fit
+
+    train, held = random_latents(4, seed=3), random_latents(2, seed=4)
+    cfg = FitConfig(steps=400, batch=2, crop=4, seed=1)
+    torch.manual_seed(0)
+    straight, straight_curve = _plateau_fit(train, held, cfg, patience=6, min_delta=0.01)
+    assert 100 < straight_curve.curve[-1]["step"] < 400  # stopped by the rule, after a checkpoint
+    ckpt = tmp_path / "c.pt"
+    real_sample = interrupt_sampling(monkeypatch, at_call=120)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        _plateau_fit(train, held, cfg, checkpoint=ckpt, patience=6, min_delta=0.01)
+    monkeypatch.setattr(fit.LatentCrops, "sample", real_sample)
+    saved = torch.load(ckpt, weights_only=True)["train_state"]
+    assert saved["step"] == 100 and len(saved["curve"]) == 21 and not saved["plateau"]["converged"]
+    torch.manual_seed(5)
+    # a higher step cap is the same run under a plateau rule
+    resumed, resumed_curve = _plateau_fit(
+        train, held, FitConfig(**{**cfg.__dict__, "steps": 900}), checkpoint=ckpt, patience=6, min_delta=0.01
+    )
+    assert [p["step"] for p in resumed_curve.curve] == [p["step"] for p in straight_curve.curve]
+    assert [p["event"] for p in resumed_curve.curve] == [p["event"] for p in straight_curve.curve]
+    assert measure(resumed, held)["bits"] == pytest.approx(measure(straight, held)["bits"], rel=1e-5)

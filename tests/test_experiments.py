@@ -783,3 +783,37 @@ def test_mixture_orders_of_a_gaussian_and_a_mixture_run(tmp_path, monkeypatch):
     table, base = md_tables(text)
     assert table[0]["best, K = 1"] == f"`{a.index[0]}`" and len(base) == 3
     assert c["gaussian_regret_of_mixture_best_pct"] >= 0
+
+
+def test_converge_summary_of_a_real_converged_run(tiny_ckpt, image_dir, tmp_path, monkeypatch):
+    """A tiny proxy trained with --converge until the rule stops it; the summary's figures are
+    those of its record."""
+    from orderopt import train
+
+    records = tmp_path / "records"
+    records.mkdir()
+    out = tmp_path / "q2_proxy_k2.pt"
+    args = ["context", "--train-images", str(image_dir), "--eval-images", str(image_dir),
+            "--model", str(tiny_ckpt), "--cache-dir", str(tmp_path / "cache"), "--steps", "40",
+            "--batch", "2", "--crop", "4", "--proxy", "--patch", "2", "--eval-every", "2",
+            "--converge", "1", "--min-delta", "0.5", "--out", str(out)]  # fmt: skip
+    assert train.main(args) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    (records / "q2_proxy_k2.json").write_text(json.dumps(record))
+    run_main(monkeypatch, "converge_summary", "--dir", records, "--out", tmp_path / "sum")
+    result, text = outputs(tmp_path / "sum", "converge_summary")
+    assert (tmp_path / "sum" / "converge_summary.png").stat().st_size > 0
+    s = result["models"]["q2_proxy_k2"]
+    curve = record["held_out_curve"]
+    assert s["converged"] and s["start"] == curve[0]["bits_per_latent"] and s["lowest"] == min(s["values"])
+    assert s["drops_at"] == [p["step"] for p in curve if p["event"] == "drop"] and len(s["drops_at"]) == 2
+    final = next(p for p in curve if p["step"] == s["lowest_step"])["orders"]
+    assert s["final_best"] == min(final, key=final.get)
+    at_lowest = next(r for r in s["ranking"] if r["step"] == s["lowest_step"])
+    assert at_lowest["spearman"] == pytest.approx(1.0) and at_lowest["regret_percent"] == 0
+    assert all(r["regret_percent"] >= 0 for r in s["ranking"])
+    table = md_tables(text)[0]
+    assert [r["model"] for r in table] == ["q2_proxy_k2"] and table[0]["stopped by the rule"] == "yes"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert importlib.import_module("converge_summary").main(["--dir", str(empty)]) == 2

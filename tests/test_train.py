@@ -113,6 +113,25 @@ def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
         train.main([*common, "--proxy", "--patch", "3", "--init", str(out), "--out", str(tmp_path / "p3.pt")])
 
 
+def test_train_context_until_converged(tmp_path, tiny_ckpt, image_dir):
+    import json
+
+    common = tiny_context_args(image_dir, tiny_ckpt, tmp_path / "cache")
+    common[common.index("--steps") + 1] = "50"  # a cap the rule stops well before
+    out = tmp_path / "p.pt"
+    # random weights at step 0, then no improvement of 50% after step 2: two drops, then stop
+    args = [*common, "--proxy", "--patch", "2", "--eval-every", "2", "--converge", "1", "--min-delta", "0.5"]
+    assert train.main([*args, "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    curve, conv = res["held_out_curve"], res["convergence"]
+    assert [p["event"] for p in curve] == ["improved", "improved", "drop", "drop", "stop"]
+    assert conv["converged"] and conv["steps_run"] == 8 and conv["patience"] == 1
+    assert conv["lowest"] == min(p["bits_per_latent"] for p in curve)
+    assert len(curve[0]["orders"]) == 24  # every 2×2 order, to see the ranking settle
+    r = run(*common, "--proxy", "--converge", "2", "--out", str(tmp_path / "x.pt"))
+    assert r.returncode == 2 and "--eval-every" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_init_continues_from_exported_weights(tmp_path, image_dir):
     first = tmp_path / "a.pt"
     train.main(base_args(image_dir, first, 2))

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Trains the shipped context models of quality Q on until their held-out rate stops improving
+# (`train context --converge`), from the shipped weights, and records their curves in
+# results/context/converge/qQ_NAME.json. The stopping rule watches BSDS500 val (100 photographs
+# of the training domain that no search rates), so the embedded photographs and wikiphotos stay
+# untouched by the choice of the stopping point. Every run resumes where it stopped.
+#   bash experiments/converge_context.sh Q [NAME ...]      NAME: proxy_k2 proxy_k4 autoregressive
+# Environment: BSDS (../shared/datasets/bsds500), PATIENCE (4 points of 500 steps), CAP (40000
+# steps), THREADS (1 per model), NICE (5), EXPORT=1 to also export the converged models into
+# orderopt/weights/qQ/ (then rerun the results that depend on them: experiments/regenerate_results.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+Q=${1:?usage: converge_context.sh QUALITY [NAME ...]}
+shift
+NAMES=("$@")
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(proxy_k2 proxy_k4 autoregressive)
+BSDS=${BSDS:-../shared/datasets/bsds500}
+PATIENCE=${PATIENCE:-4}
+CAP=${CAP:-40000}
+THREADS=${THREADS:-1}
+NICE=${NICE:-5}
+LAT=checkpoints/context-q$Q
+OUT=checkpoints/converge-q$Q
+mkdir -p "$LAT" "$OUT" results/context/converge
+[ -f "$LAT/train_latents.pt" ] || python -m orderopt.latents --quality "$Q" --images "$BSDS/train" "$BSDS/test" \
+    --out "$LAT/train_latents.pt"
+[ -f "$LAT/val_latents.pt" ] || python -m orderopt.latents --quality "$Q" --images "$BSDS/val" \
+    --out "$LAT/val_latents.pt"
+what() {
+  case $1 in
+    proxy_k2) echo "--proxy --patch 2 --raster-fraction 0.25" ;;
+    proxy_k4) echo "--proxy --patch 4 --raster-fraction 0.25" ;;
+    autoregressive) echo "--kind autoregressive" ;;
+    *) echo "unknown model $1 (proxy_k2, proxy_k4 or autoregressive)" >&2; exit 2 ;;
+  esac
+}
+for name in "${NAMES[@]}"; do
+  # shellcheck disable=SC2046
+  nice -n "$NICE" python -m orderopt.train context $(what "$name") --quality "$Q" \
+      --init "orderopt/weights/q$Q/$name.pt" --train-latents "$LAT/train_latents.pt" \
+      --eval-latents "$LAT/val_latents.pt" --steps "$CAP" --batch 16 --crop 16 --seed 3 \
+      --eval-every 500 --converge "$PATIENCE" --threads "$THREADS" --out "$OUT/$name.pt" \
+      > "$OUT/$name.log" 2>&1 &
+done
+wait
+for name in "${NAMES[@]}"; do
+  cp "$OUT/$name.json" "results/context/converge/q${Q}_$name.json"
+  if [ "${EXPORT:-0}" = 1 ]; then
+    python -m orderopt.train export --ckpt "$OUT/$name.pt" --out "orderopt/weights/q$Q/$name.pt"
+  fi
+done
