@@ -26,26 +26,33 @@ mkdir -p "$LAT" "$OUT" results/context/converge
     --out "$LAT/train_latents.pt"
 [ -f "$LAT/val_latents.pt" ] || python -m orderopt.latents --quality "$Q" --images "$BSDS/val" \
     --out "$LAT/val_latents.pt"
-what() {
-  case $1 in
-    proxy_k2) echo "--proxy --patch 2 --raster-fraction 0.25" ;;
-    proxy_k4) echo "--proxy --patch 4 --raster-fraction 0.25" ;;
-    autoregressive) echo "--kind autoregressive" ;;
-    *) echo "unknown model $1 (proxy_k2, proxy_k4 or autoregressive)" >&2; exit 2 ;;
-  esac
-}
+declare -A WHAT=([proxy_k2]="--proxy --patch 2 --raster-fraction 0.25"
+                 [proxy_k4]="--proxy --patch 4 --raster-fraction 0.25"
+                 [autoregressive]="--kind autoregressive")
 for name in "${NAMES[@]}"; do
-  # shellcheck disable=SC2046
-  nice -n "$NICE" python -m orderopt.train context $(what "$name") --quality "$Q" \
+  [ -n "${WHAT[$name]:-}" ] || { echo "unknown model $name (proxy_k2, proxy_k4 or autoregressive)" >&2; exit 2; }
+done
+declare -A PID
+for name in "${NAMES[@]}"; do
+  rm -f "$OUT/$name.json"  # a failed run must not leave an earlier run's record to copy
+  # shellcheck disable=SC2086
+  nice -n "$NICE" python -m orderopt.train context ${WHAT[$name]} --quality "$Q" \
       --init "orderopt/weights/q$Q/$name.pt" --train-latents "$LAT/train_latents.pt" \
       --eval-latents "$LAT/val_latents.pt" --steps "$CAP" --batch 16 --crop 16 --seed 3 \
       --eval-every 500 --converge "$PATIENCE" --threads "$THREADS" --out "$OUT/$name.pt" \
       > "$OUT/$name.log" 2>&1 &
+  PID[$name]=$!
 done
-wait
+failed=0
 for name in "${NAMES[@]}"; do
+  if ! wait "${PID[$name]}"; then echo "$name failed: see $OUT/$name.log" >&2; failed=1; continue; fi
   cp "$OUT/$name.json" "results/context/converge/q${Q}_$name.json"
   if [ "${EXPORT:-0}" = 1 ]; then
-    python -m orderopt.train export --ckpt "$OUT/$name.pt" --out "orderopt/weights/q$Q/$name.pt"
+    if python -c "import json,sys; sys.exit(not json.load(open('$OUT/$name.json'))['convergence']['converged'])"; then
+      python -m orderopt.train export --ckpt "$OUT/$name.pt" --out "orderopt/weights/q$Q/$name.pt"
+    else
+      echo "$name stopped at the step cap, not converged: not exported (raise CAP and rerun)" >&2
+    fi
   fi
 done
+exit "$failed"

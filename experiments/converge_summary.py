@@ -62,7 +62,11 @@ def summarise(record: dict) -> dict:
         "drops_at": [p["step"] for p in curve if p.get("event") == "drop"],
         "steps_run": conv["steps_run"],
         "converged": conv["converged"],
-        "rule": {k: conv[k] for k in ("patience", "min_delta", "drops", "factor")},
+        "rule": {
+            **{k: conv[k] for k in ("patience", "min_delta", "drops", "factor")},
+            # records of the first version lack "every": the curve's spacing after step 0 says it
+            "every": conv.get("every") or (curve[1]["step"] - curve[0]["step"] if len(curve) > 1 else None),
+        },
         "steps": [p["step"] for p in curve],
         "values": values,
     }
@@ -73,7 +77,7 @@ def summarise(record: dict) -> dict:
         # from which step on every point picks the final best order and ranks like the end
         settled = None
         for r in reversed(rows):
-            if r["best"] != final_best or r["spearman"] < 0.9:
+            if r["best"] != final_best or not r["spearman"] >= 0.9:  # a NaN ρ (ties) is not settled
                 break
             settled = r["step"]
         out["final_best"] = final_best
@@ -85,22 +89,25 @@ def render(summaries: dict[str, dict], command: str) -> str:
     lines = [
         "# Context models trained until their held-out rate stopped improving",
         "",
-        f"Regenerate: `{command}` (records from `bash experiments/converge_context.sh Q`).",
-        "Held-out: BSDS500 val, 100 photographs of the training domain that no search rates. Each run "
-        "starts from the shipped weights (step 0) and follows `train context --converge`: the learning "
-        "rate drops ÷10 after `patience` held-out points (every 500 steps) without an improvement of "
-        "more than `min_delta`, and after `drops` drops the same wait stops training, keeping the "
-        "weights of the lowest held-out rate. A proxy's rate is the mean of its raster order's and its "
-        "autoregressive mask's.",
+        f"Regenerate: `{command}` (records from `bash experiments/converge_context.sh Q`, which holds "
+        "out BSDS500 val: 100 photographs of the training domain that no search rates).",
+        "Each run follows `train context --converge` from its starting weights (step 0; `init`): the "
+        "learning rate drops ÷10 after `patience` held-out points (every `every` steps) without an "
+        "improvement of more than `min_delta`, and after `drops` drops the same wait stops training, "
+        "keeping the weights of the lowest held-out rate. A proxy's rate is the mean of its raster "
+        "order's and, if trained with it, its autoregressive mask's.",
         "",
-        "| model | start (bits/latent) | lowest | change | at step | last improvement | lr drops at | "
-        "steps run | stopped by the rule |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | from | rule (patience, min_delta, drops, every) | start (bits/latent) | lowest | change | "
+        "at step | last improvement | lr drops at | steps run | stopped by the rule |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, s in summaries.items():
         drops = ", ".join(str(d) for d in s["drops_at"]) or "–"
+        r = s["rule"]
         lines.append(
-            f"| {key} | {s['start']:.4f} | {s['lowest']:.4f} | {s['change_percent']:+.2f}% | "
+            f"| {key} | {s['init'] or 'random weights'} | "
+            f"{r['patience']}, {r['min_delta']:g}, {r['drops']}, {r['every']} | "
+            f"{s['start']:.4f} | {s['lowest']:.4f} | {s['change_percent']:+.2f}% | "
             f"{s['lowest_step']} | {s['last_improvement_step']} | {drops} | {s['steps_run']} | "
             f"{'yes' if s['converged'] else 'no (step cap or still running)'} |"
         )
@@ -111,8 +118,8 @@ def render(summaries: dict[str, dict], command: str) -> str:
             "## How the 2×2 orders' ranking moves with training",
             "",
             "ρ: Spearman's rank correlation of a point's rates of the 24 orders with those of the "
-            "final weights; regret: what the order that point rates best costs under the final "
-            "weights, over the final best.",
+            "lowest point's weights (what a converged run ends with); regret: what the order that "
+            "point rates best costs under those weights, over their best.",
             "",
         ]
         for key, s in ranked.items():

@@ -38,6 +38,7 @@ def number(
     at_least: float | None = None,
     above: float | None = None,
     at_most: float | None = None,
+    below: float | None = None,
     multiple_of: int | None = None,
 ) -> Callable[[str], int | float]:
     """An argparse ``type`` for a number in range: a bad value is a one-line error naming the
@@ -56,6 +57,8 @@ def number(
             raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {text}")
         if above is not None and not value > above:
             raise argparse.ArgumentTypeError(f"must be more than {above}, got {text}")
+        if below is not None and not value < below:
+            raise argparse.ArgumentTypeError(f"must be less than {below}, got {text}")
         if multiple_of is not None and value % multiple_of:
             raise argparse.ArgumentTypeError(f"must be a multiple of {multiple_of}, got {text}")
         return value

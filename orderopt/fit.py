@@ -61,8 +61,8 @@ class Plateau:
     lowest_step: int = 0
 
     def __post_init__(self) -> None:
-        if self.patience < 1 or self.drops < 0 or not 0 < self.factor < 1 or self.min_delta < 0:
-            raise ValueError("Plateau needs patience ≥ 1, drops ≥ 0, 0 < factor < 1 and min_delta ≥ 0")
+        if self.patience < 1 or self.drops < 0 or not 0 < self.factor < 1 or not 0 <= self.min_delta < 1:
+            raise ValueError("Plateau needs patience ≥ 1, drops ≥ 0, 0 < factor < 1 and 0 ≤ min_delta < 1")
 
     @property
     def lr_scale(self) -> float:
@@ -100,7 +100,16 @@ class HeldOut:
     every: int
     metric: str = "bits_per_latent"
     plateau: Plateau | None = None
+    identity: str = ""  # of the held-out set: a plateau run resumes only on the same one
     curve: list[dict] = field(default_factory=list)
+    steps_run: int = 0  # set by fit_context: where training stopped
+
+    def rule(self) -> dict | None:
+        """What a resumed plateau run must share: the plateau's settings, what it watches, how
+        often and on which images (None without a plateau)."""
+        if self.plateau is None:
+            return None
+        return {**self.plateau.rule(), "every": self.every, "metric": self.metric, "held_out": self.identity}
 
 
 def build_context(
@@ -289,13 +298,19 @@ def fit_context(
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = 0
     plateau = held_out.plateau if held_out is not None else None
-    rule = plateau.rule() if plateau is not None else None
+    rule = held_out.rule() if held_out is not None else None
     lowest_state: dict | None = None  # weights at the plateau's lowest held-out value
     if checkpoint is not None and checkpoint.is_file():
         # weights only (never unpickles code), with every key a context model needs
         d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint", required=("state_dict",))
         check_same_model(d, {**(meta or {}), "mixture": model.mixture}, checkpoint)
         ts = d.get("train_state")
+        if ts and (ts.get("plateau_rule") or rule) and not _same_run(ts, asdict(config), rule):
+            # a plateau run's history decides its future: never silently restart one
+            raise UserError(
+                f"{checkpoint} holds a run with other training settings or held-out rule; resume it "
+                "with the same ones, or choose another --out"
+            )
         if ts and _same_run(ts, asdict(config), rule):
             model.load_state_dict(d["state_dict"])
             opt.load_state_dict(ts["optimizer"])
@@ -378,6 +393,8 @@ def fit_context(
     if plateau is not None and plateau.converged and lowest_state is not None:
         model.load_state_dict(lowest_state)  # early stopping: the held-out best, not the last
     save()
+    if held_out is not None:
+        held_out.steps_run = step
     return model.eval()
 
 

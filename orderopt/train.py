@@ -260,8 +260,11 @@ def train_context(args: argparse.Namespace) -> int:
     if sum(chosen) != 1:
         raise UserError("choose exactly one of --order, --kind and --proxy")
     check_writable(args.out)
+    if args.converge and not args.eval_every:
+        raise UserError("--converge needs --eval-every N: the held-out rate it watches is measured then")
+    resumed = None
     if Path(args.out).exists():  # resumed from: a context checkpoint (never unpickled code), before any work
-        load_versioned(args.out, FORMAT, VERSION, "context checkpoint", required=CONTEXT_KEYS)
+        resumed = load_versioned(args.out, FORMAT, VERSION, "context checkpoint", required=CONTEXT_KEYS)
     if args.kind:
         spec = {"checkerboard": orders.checkerboard(), "hyperprior": orders.hyperprior_only()}.get(
             args.kind, args.kind
@@ -310,6 +313,8 @@ def train_context(args: argparse.Namespace) -> int:
             )
         model.load_state_dict(start.state_dict())
         meta["init"] = {"from": str(args.init), "model_hash": start_meta.get("model_hash")}
+    elif resumed is not None and "init" in resumed:
+        meta["init"] = resumed["init"]  # a resumed run keeps the record of where it started
     config = FitConfig(
         steps=args.steps,
         batch=args.batch,
@@ -327,12 +332,11 @@ def train_context(args: argparse.Namespace) -> int:
         tqdm.write(json.dumps(point))
         return point
 
-    plateau = None
-    if args.converge:
-        if not args.eval_every:
-            raise UserError("--converge needs --eval-every N: the held-out rate it watches is measured then")
-        plateau = Plateau(args.converge, min_delta=args.min_delta, drops=args.lr_drops)
-    held_out = HeldOut(held_out_point, args.eval_every, plateau=plateau) if args.eval_every else None
+    plateau = Plateau(args.converge, min_delta=args.min_delta, drops=args.lr_drops) if args.converge else None
+    held_out = None
+    if args.eval_every:
+        identity = f"{held.model_hash}/{held.images_hash}"
+        held_out = HeldOut(held_out_point, args.eval_every, plateau=plateau, identity=identity)
     fit_context(
         model,
         train,
@@ -370,7 +374,8 @@ def train_context(args: argparse.Namespace) -> int:
             "converged": plateau.converged,
             "lowest": plateau.lowest,
             "lowest_step": plateau.lowest_step,
-            "steps_run": held_out.curve[-1]["step"] if held_out.curve else 0,
+            "every": held_out.every,
+            "steps_run": held_out.steps_run,
         }
     write_json(report, out.with_suffix(".json"))
     summary = result if args.proxy else {k: result[k] for k in ("bits_per_latent", "bpp_y", "bpp")}
@@ -555,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--min-delta",
-        type=number(float, at_least=0),
+        type=number(float, at_least=0, below=1),
         default=1e-3,
         help="--converge: the relative held-out improvement that counts",
     )

@@ -21,6 +21,7 @@ def test_number_accepts_values_in_range():
         (number(float, above=0), "inf", "must be a finite number, got inf"),  # trained to inf weights
         (number(float, above=0), "nan", "must be a finite number, got nan"),
         (number(float, at_least=0, at_most=1), "1.5", "must be at most 1, got 1.5"),
+        (number(float, at_least=0, below=1), "1", "must be less than 1, got 1"),  # --min-delta
     ],
 )
 def test_number_rejects_with_the_reason(kind, text, message):

@@ -125,11 +125,23 @@ def test_train_context_until_converged(tmp_path, tiny_ckpt, image_dir):
     res = json.loads(out.with_suffix(".json").read_text())
     curve, conv = res["held_out_curve"], res["convergence"]
     assert [p["event"] for p in curve] == ["improved", "improved", "drop", "drop", "stop"]
-    assert conv["converged"] and conv["steps_run"] == 8 and conv["patience"] == 1
+    assert conv["converged"] and conv["steps_run"] == 8 and conv["patience"] == 1 and conv["every"] == 2
     assert conv["lowest"] == min(p["bits_per_latent"] for p in curve)
     assert len(curve[0]["orders"]) == 24  # every 2×2 order, to see the ranking settle
     r = run(*common, "--proxy", "--converge", "2", "--out", str(tmp_path / "x.pt"))
     assert r.returncode == 2 and "--eval-every" in r.stderr and "Traceback" not in r.stderr
+    # a resumed run keeps its --init record; another rule on its checkpoint is refused
+    tuned = tmp_path / "tuned.pt"
+    more = [*args, "--init", str(out), "--out", str(tuned)]
+    assert train.main([*more, "--time-limit", "1e-9"]) == 0  # stops at once, checkpointed
+    assert train.main(more) == 0
+    res = json.loads(tuned.with_suffix(".json").read_text())
+    assert (
+        res["init"]["from"] == str(out)
+        and res["convergence"]["steps_run"] == res["held_out_curve"][-1]["step"]
+    )
+    with pytest.raises(UserError, match="other training settings"):
+        train.main([*args, "--lr-drops", "1", "--init", str(out), "--out", str(tuned)])
 
 
 def test_init_continues_from_exported_weights(tmp_path, image_dir):
