@@ -770,19 +770,25 @@ def test_mixture_orders_of_a_gaussian_and_a_mixture_run(tmp_path, monkeypatch):
 
     a, b = (pd.read_csv(r / "candidates.csv") for r in runs)
     a, b = (d[d["source"] != "baseline"].set_index("order")["proxy_bits_per_latent"] for d in (a, b))
-    assert c["mixture"] == 3 and c["orders_compared"] == 24 and c["patch"] == 2
+    assert c["mixture"] == [1, 3] and c["orders_compared"] == 24 and c["patch"] == 2
     assert c["spearman"] == pytest.approx(stats.spearmanr(a, b[a.index]).statistic)
-    assert c["best_gaussian"] == a.index[0] and c["best_mixture"] == b.index[0]
+    assert c["best_a"] == a.index[0] and c["best_b"] == b.index[0]
     assert c["same_best"] == (a.index[0] == b.index[0])
-    assert c["rank_of_gaussian_best_under_mixture"] == list(b.index).index(a.index[0]) + 1
-    assert c["mixture_regret_of_gaussian_best_pct"] == pytest.approx(100 * (b[a.index[0]] / b.iloc[0] - 1))
-    assert c["mixture_regret_of_gaussian_best_pct"] >= 0 and 0 <= c["top_shared"] <= 5
+    assert c["rank_of_best_a_under_b"] == list(b.index).index(a.index[0]) + 1
+    assert c["regret_under_b_of_best_a_pct"] == pytest.approx(100 * (b[a.index[0]] / b.iloc[0] - 1))
+    assert c["regret_under_b_of_best_a_pct"] >= 0 and 0 <= c["top_shared"] <= 5
     for v in c["baselines"].values():
-        ratio = v["mixture_bits_per_latent"] / v["gaussian_bits_per_latent"]
-        assert v["mixture_over_gaussian_pct"] == pytest.approx(100 * (ratio - 1), nan_ok=True)
+        ratio = v["b_bits_per_latent"] / v["a_bits_per_latent"]
+        assert v["b_over_a_pct"] == pytest.approx(100 * (ratio - 1), nan_ok=True)
     table, base = md_tables(text)
     assert table[0]["best, K = 1"] == f"`{a.index[0]}`" and len(base) == 3
-    assert c["gaussian_regret_of_mixture_best_pct"] >= 0
+    assert c["regret_under_a_of_best_b_pct"] >= 0 and result["labels"] == ["K = 1", "K = 3"]
+    # the same comparison under any labels (e.g. a shipped and a converged proxy)
+    run_main(monkeypatch, "compare_proxies", "--pair", *runs, "--labels", "shipped", "converged",
+             "--stem", "cmp", "--out", tmp_path)  # fmt: skip
+    generic, text = outputs(tmp_path, "cmp")
+    assert generic["pairs"] == result["pairs"] and generic["labels"] == ["shipped", "converged"]
+    assert md_tables(text)[0][0]["best, converged"] == f"`{b.index[0]}`"
 
 
 def test_converge_summary_of_a_real_converged_run(tiny_ckpt, image_dir, tmp_path, monkeypatch):
