@@ -305,13 +305,14 @@ def fit_context(
         d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint", required=("state_dict",))
         check_same_model(d, {**(meta or {}), "mixture": model.mixture}, checkpoint)
         ts = d.get("train_state")
-        if ts and (ts.get("plateau_rule") or rule) and not _same_run(ts, asdict(config), rule):
+        same = bool(ts) and _same_run(ts, asdict(config), rule)
+        if ts and (ts.get("plateau_rule") or rule) and not same:
             # a plateau run's history decides its future: never silently restart one
             raise UserError(
                 f"{checkpoint} holds a run with other training settings or held-out rule; resume it "
                 "with the same ones, or choose another --out"
             )
-        if ts and _same_run(ts, asdict(config), rule):
+        if same:
             model.load_state_dict(d["state_dict"])
             opt.load_state_dict(ts["optimizer"])
             crops.rng.bit_generator.state = ts["crop_rng"]

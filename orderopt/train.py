@@ -369,12 +369,11 @@ def train_context(args: argparse.Namespace) -> int:
     if held_out is not None:  # only on request, so that the default report keeps its schema
         report["held_out_curve"] = held_out.curve
     if plateau is not None:
-        report["convergence"] = {
-            **plateau.rule(),
+        report["convergence"] = {  # the rule as the checkpoint holds it, and where it ended
+            **held_out.rule(),
             "converged": plateau.converged,
             "lowest": plateau.lowest,
             "lowest_step": plateau.lowest_step,
-            "every": held_out.every,
             "steps_run": held_out.steps_run,
         }
     write_json(report, out.with_suffix(".json"))
