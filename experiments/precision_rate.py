@@ -68,13 +68,11 @@ def main() -> None:
                 enc = streams.encode(im.image, base, meta["hash"], model, cmeta, order, precision=precision)
                 dec = streams.decode(enc.stream, base, meta["hash"], model, cmeta)
                 assert torch.equal(dec.y_hat, enc.y_hat), (label, im.name, precision)
-                _, z_words, y_words = container.unpack(enc.stream)
-                sizes[precision] = (32 * (len(z_words) + len(y_words)), enc.estimated_bits)
-                if precision == "float32":
-                    header_bytes = len(enc.stream) - 4 * (len(z_words) + len(y_words))
-            gauss = streams.encode(im.image, base, meta["hash"], model, cmeta, order, coder="gaussian")
-            _, gz, gy = container.unpack(gauss.stream)
-            (b32, e32), (b16, e16) = sizes["float32"], sizes["bfloat16"]
+                sizes[precision] = (*container.sizes(enc.stream), enc.estimated_bits)
+            gauss_bits, gauss_header = container.sizes(
+                streams.encode(im.image, base, meta["hash"], model, cmeta, order, coder="gaussian").stream
+            )
+            (b32, header_bytes, e32), (b16, _, e16) = sizes["float32"], sizes["bfloat16"]
             rows.append(
                 {
                     "context": label,
@@ -88,9 +86,9 @@ def main() -> None:
                     "estimate_change_percent": 100 * (e16 / e32 - 1),
                     # how close real streams come to the likelihoods (float32), with each ŷ coder
                     "rans_over_estimate_percent": 100 * (b32 / e32 - 1),
-                    "gaussian_over_estimate_percent": 100 * (32 * (len(gz) + len(gy)) / e32 - 1),
+                    "gaussian_over_estimate_percent": 100 * (gauss_bits / e32 - 1),
                     "header_bytes_rans": header_bytes,
-                    "header_bytes_gaussian": len(gauss.stream) - 4 * (len(gz) + len(gy)),
+                    "header_bytes_gaussian": gauss_header,
                 }
             )
             last = rows[-1]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import coders, data, rans
 from . import orders as od
-from .container import PRECISIONS, unpack
+from .container import PRECISIONS, sizes, unpack
 from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .evaluate import to_uint8
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         order = od.DecodingOrder.parse(args.order) if args.order else None
         context, cmeta = context_for(args, order, quality=quality)
         context.to(device)
-        coder = args.coder or coders.default_coder(context.mixture)
-        coders.REGISTRY[coder].check(context.mixture)
+        coder = args.coder or coders.default_coder(context.mixture)  # encode() checks it fits K
         if args.substreams is not None and coder != "rans":
             raise UserError(
                 f"--substreams applies to --coder rans only, and this model is coded with {coder}"
@@ -146,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         enc = encode(image, base, meta["hash"], context, cmeta, order, coder, args.substreams, args.precision)
         write_bytes(enc.stream, args.out)
         npix = image.shape[1] * image.shape[2]
-        _, z_words, y_words = unpack(enc.stream)
-        payload_bits = 32 * (len(z_words) + len(y_words))
-        header_bytes = len(enc.stream) - payload_bits // 8
+        payload_bits, header_bytes = sizes(enc.stream)
         print(
             f"{len(enc.stream)} bytes, {8 * len(enc.stream) / npix:.4f} bpp: coded ẑ and ŷ "
             f"{payload_bits / npix:.4f} bpp against {enc.estimated_bits / npix:.4f} bpp from the "

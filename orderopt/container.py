@@ -94,6 +94,13 @@ MAX_Z_TABLE = 1 << 27  # entries of ẑ's probability rows (1 GiB in float64): f
 _CONTEXT_KINDS = ("multistage", "autoregressive", "anyorder")
 
 
+def sizes(stream: bytes) -> tuple[int, int]:
+    """(payload bits of ẑ and ŷ, header bytes: everything else) of a valid stream."""
+    _, z_words, y_words = unpack(stream)
+    payload_bits = 32 * (len(z_words) + len(y_words))
+    return payload_bits, len(stream) - payload_bits // 8
+
+
 def _int(value, what: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise UserError(f"stream header is invalid: {what} is {value!r}, not an integer in {lo}..{hi}")

@@ -232,19 +232,19 @@ def load_proxy(path: str | Path | None, patch: int, quality: int | None, lat: La
     return proxy, meta
 
 
-IDENTITY = ("kind", "order", "patch", "latent_channels", "hyper_channels", "model_hash")
+IDENTITY = ("kind", "order", "patch", "latent_channels", "hyper_channels", "model_hash", "mixture")
+
+
+def with_mixture(meta: dict) -> dict:
+    """A context model's metadata with its K (no K recorded: a Gaussian, K = 1)."""
+    return {"mixture": 1, **meta}
 
 
 def check_same_model(saved: dict, meta: dict, path: Path) -> None:
     """Refuse to resume (or overwrite) a checkpoint of another context model: another kind,
     order, patch, shape, K or base model than ``meta`` describes (no K recorded: K = 1)."""
+    saved, meta = with_mixture(saved), with_mixture(meta)
     differ = [k for k in IDENTITY if k in meta and saved.get(k) != meta[k]]
-    if saved.get("mixture", 1) != meta.get("mixture", 1):
-        saved, meta = (
-            {**saved, "mixture": saved.get("mixture", 1)},
-            {**meta, "mixture": meta.get("mixture", 1)},
-        )
-        differ.append("mixture")
     if differ:
         was = ", ".join(f"{k} {saved.get(k)!r}" for k in differ)
         now = ", ".join(f"{k} {meta[k]!r}" for k in differ)

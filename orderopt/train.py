@@ -244,6 +244,7 @@ def train_context(args: argparse.Namespace) -> int:
     from .fit import (
         CONTEXT_KEYS,
         FORMAT,
+        IDENTITY,
         VERSION,
         FitConfig,
         HeldOut,
@@ -251,6 +252,7 @@ def train_context(args: argparse.Namespace) -> int:
         build_context,
         fit_context,
         measure,
+        with_mixture,
     )
 
     device = torch_device(args.device)
@@ -302,10 +304,8 @@ def train_context(args: argparse.Namespace) -> int:
             start, start_meta = load_context(args.init)
         except ValueError as err:
             raise UserError(str(err)) from None
-        same = ("kind", "order", "patch", "latent_channels", "hyper_channels")
-        differ = [k for k in same if start_meta.get(k) != meta.get(k)]
-        if start_meta.get("mixture", 1) != args.mixture:
-            differ.append("mixture")
+        start_meta, wanted = with_mixture(start_meta), {**meta, "mixture": args.mixture}
+        differ = [k for k in IDENTITY if k != "model_hash" and start_meta.get(k) != wanted.get(k)]
         if differ:
             raise UserError(
                 f"--init {args.init} is another context model ({', '.join(differ)} differ); give one of "
