@@ -43,6 +43,17 @@ def ranking_over_training(curve: list[dict], final: dict[str, float]) -> list[di
     return rows
 
 
+def settled_step(rows: list[dict], final_best: str, rho: float = 0.9) -> int | None:
+    """The step from which on every row of :func:`ranking_over_training` picks ``final_best``
+    with Spearman ≥ ``rho`` (None when the last row does not)."""
+    settled = None
+    for r in reversed(rows):
+        if r["best"] != final_best or not r["spearman"] >= rho:  # a NaN ρ (ties) is not settled
+            break
+        settled = r["step"]
+    return settled
+
+
 def summarise(record: dict) -> dict:
     """One model's convergence: start, lowest, drops, last improvement, ranking stability."""
     curve, conv = record["held_out_curve"], record["convergence"]
@@ -74,14 +85,8 @@ def summarise(record: dict) -> dict:
         rows = ranking_over_training(curve, lowest_point["orders"])
         out["ranking"] = rows
         final_best = min(lowest_point["orders"], key=lowest_point["orders"].get)
-        # from which step on every point picks the final best order and ranks like the end
-        settled = None
-        for r in reversed(rows):
-            if r["best"] != final_best or not r["spearman"] >= 0.9:  # a NaN ρ (ties) is not settled
-                break
-            settled = r["step"]
         out["final_best"] = final_best
-        out["ranking_settled_step"] = settled
+        out["ranking_settled_step"] = settled_step(rows, final_best)
     return out
 
 

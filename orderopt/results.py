@@ -475,6 +475,7 @@ SETTINGS = (
     "verify_steps",
     "verify_init",
     "verify_lr",
+    "verify_curve",
     "seed",
     "bootstrap",
     "train_images",
@@ -486,7 +487,7 @@ SETTINGS = (
 )
 # options added after finished runs existed, with their defaults: left out of the key at the
 # default, so that the same command still reuses those runs
-ADDED_LATER = {"mixture": 1}
+ADDED_LATER = {"mixture": 1, "verify_curve": 0}
 # what the manifest keeps of each dedicated model's record
 DEDICATED_KEYS = (
     "bits_per_latent",
@@ -497,6 +498,7 @@ DEDICATED_KEYS = (
     "train_s",
     "init",
     "device",
+    "held_out_curve",
 )
 
 

@@ -26,7 +26,7 @@ from .context import AnyOrderContext, dedicated, init_from_proxy
 from .costs import CostTable
 from .errors import UserError, number
 from .files import write_json
-from .fit import FitConfig, fit_context, load_context, measure
+from .fit import FitConfig, HeldOut, fit_context, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
 from .model import load_model, shipped_weights
 
@@ -40,6 +40,7 @@ def dedicated_rate(
     progress: bool = True,
     init: AnyOrderContext | None = None,
     device: str | torch.device = "cpu",
+    curve_every: int = 0,
 ) -> dict:
     """Train the dedicated context model of ``spec`` (an order, or ``"autoregressive"``) on
     ``train`` with ``config`` (a :class:`~orderopt.fit.FitConfig`) and measure ``held_out``.
@@ -47,7 +48,10 @@ def dedicated_rate(
     Returns :func:`orderopt.fit.measure`'s dict. With ``checkpoint`` the training resumes and
     the trained model is kept there. With ``init`` (a proxy) training starts from the proxy's
     weights (:func:`orderopt.context.init_from_proxy`) instead of a random initialisation, and
-    the result also has ``start_bits_per_latent``, the held-out rate before training.
+    the result also has ``start_bits_per_latent``, the held-out rate before training. With
+    ``curve_every`` > 0 the held-out rate is also measured every that many steps, as
+    ``held_out_curve`` (``[{"step", "bits_per_latent"}]``), so one training shows whether the
+    model's rate, and the ranking of several, still moves with more steps.
     """
     m, c = train.latent_channels, train.hyper_channels
     torch.manual_seed(config.seed)  # the initial weights too: same seed, same bits
@@ -57,6 +61,9 @@ def dedicated_rate(
     if init is not None:
         init_from_proxy(model, init)  # on the CPU, where the proxy was loaded
     start = measure(model.to(device), held_out)["bits_per_latent"] if init is not None else None
+    curve = None
+    if curve_every > 0:
+        curve = HeldOut(lambda: {"bits_per_latent": measure(model, held_out)["bits_per_latent"]}, curve_every)
     fit_context(
         model,
         train,
@@ -66,8 +73,11 @@ def dedicated_rate(
         progress=progress,
         desc=str(spec),
         device=device,
+        held_out=curve,
     )
     out = measure(model, held_out)
+    if curve is not None:
+        out["held_out_curve"] = curve.curve
     return out if start is None else {**out, "start_bits_per_latent": start}
 
 
@@ -97,6 +107,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "--verify-lr",
         type=number(float, above=0),
         help="learning rate of dedicated models (default: 1e-3 from scratch, 1e-4 from the proxy)",
+    )
+    p.add_argument(
+        "--verify-curve",
+        type=number(at_least=0),
+        default=0,
+        help="measure each dedicated model's held-out rate every N steps as well (0: only at the "
+        "end); experiments/dedicated_stability.py then shows whether the dedicated ranking still "
+        "changes with more steps",
     )
     p.add_argument(
         "--jobs",
@@ -177,10 +195,17 @@ def verify_specs(k: int, found: dict, table: CostTable, n_best: int) -> dict[str
 
 
 def dedicated_identity(
-    spec_name: str, cfg: FitConfig, train: LatentSet, held_out: LatentSet, init: str = "scratch"
+    spec_name: str,
+    cfg: FitConfig,
+    train: LatentSet,
+    held_out: LatentSet,
+    init: str = "scratch",
+    curve_every: int = 0,
 ) -> dict:
     """What a dedicated result depends on; a stored result is reused only when all of it matches.
-    ``init`` is ``scratch`` or ``proxy:<proxy hash>``."""
+    ``init`` is ``scratch`` or ``proxy:<proxy hash>``; ``curve_every`` only when > 0, so that
+    results stored before --verify-curve keep their identity."""
+    curve = {"curve_every": curve_every} if curve_every > 0 else {}
     return {
         "spec": spec_name,
         "init": init,
@@ -188,6 +213,7 @@ def dedicated_identity(
         "model_hash": train.model_hash,
         "train_images_hash": train.images_hash,
         "held_out_images_hash": held_out.images_hash,
+        **curve,
     }
 
 
@@ -213,10 +239,10 @@ def _worker_init(train_path: str, held_out_path: str, proxy_path: str | None, de
     _WORKER["proxy"] = load_context(proxy_path) if proxy_path else None
 
 
-def _worker_train(name: str, cfg: FitConfig, folder: str) -> tuple[str, dict]:
+def _worker_train(name: str, cfg: FitConfig, folder: str, curve_every: int) -> tuple[str, dict]:
     w = _WORKER
     return name, _train_dedicated(
-        name, w["train"], w["held_out"], cfg, Path(folder), False, w["proxy"], w["device"]
+        name, w["train"], w["held_out"], cfg, Path(folder), False, w["proxy"], w["device"], curve_every
     )
 
 
@@ -229,19 +255,22 @@ def _train_dedicated(
     progress: bool,
     proxy: tuple | None = None,
     device: str | torch.device = "cpu",
+    curve_every: int = 0,
 ) -> dict:
     named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
     spec = named[name] if name in named else od.DecodingOrder.parse(name)
     stem = _file_stem(name, init_label(proxy))
     t0 = time.time()
     init = proxy[0] if proxy else None
-    identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy))
+    identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy), curve_every)
     ckpt = folder / f"{stem}.pt"
     stamp = folder / f"{stem}.identity.json"  # what the checkpoint was started for
     if ckpt.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) != identity):
         ckpt.unlink()  # another training set, proxy or budget: never resume from it
     write_json(identity, stamp)
-    res = dedicated_rate(spec, train, held_out, cfg, ckpt, progress, init=init, device=device)
+    res = dedicated_rate(
+        spec, train, held_out, cfg, ckpt, progress, init=init, device=device, curve_every=curve_every
+    )
     record = {**identity, **res, "train_s": round(time.time() - t0, 1), "device": str(device)}
     write_json(record, folder / f"{stem}.json")
     return record
@@ -266,6 +295,7 @@ def verify(
     folder.mkdir(parents=True, exist_ok=True)
     proxy_path = verify_proxy_path(args)
     proxy = load_context(proxy_path) if proxy_path else None
+    every = args.verify_curve
     results, todo = {}, []
     for name in verify_specs(args.patch, found, table, args.verify):
         path = folder / f"{_file_stem(name, init_label(proxy))}.json"
@@ -274,7 +304,7 @@ def verify(
             rec.setdefault("init", "scratch")  # records written before --verify-init
             if all(
                 rec.get(k) == v
-                for k, v in dedicated_identity(name, cfg, train, lat, init_label(proxy)).items()
+                for k, v in dedicated_identity(name, cfg, train, lat, init_label(proxy), every).items()
             ):
                 results[name] = rec
                 continue
@@ -292,11 +322,11 @@ def verify(
             initializer=_worker_init,
             initargs=(str(train_path), held_out_path, proxy_path, str(device)),
         ) as pool:
-            futures = [pool.submit(_worker_train, name, cfg, str(folder)) for name in todo]
+            futures = [pool.submit(_worker_train, name, cfg, str(folder), every) for name in todo]
             for fut in tqdm(as_completed(futures), total=len(futures), desc="dedicated", unit="model"):
                 name, rec = fut.result()
                 results[name] = rec
     else:
         for name in todo:
-            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy, device)
+            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy, device, every)
     return results

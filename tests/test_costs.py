@@ -128,6 +128,22 @@ def test_proxy_and_dedicated_training_learn(device):
         dedicated_rate("zigzag", train, held, cfg, progress=False)
 
 
+def test_dedicated_curve_measures_without_changing_the_training():
+    """--verify-curve: the held-out rate every N steps, the last point the final model's rate,
+    and the trained model bit-for-bit the one trained without the curve."""
+    train, held = random_latents(4, seed=1), random_latents(2, seed=2)
+    cfg = FitConfig(steps=6, batch=2, crop=4, lr=3e-3, seed=0)
+    torch.manual_seed(0)
+    proxy = AnyOrderContext(2, M, CH)
+    plain = dedicated_rate(o.raster(2), train, held, cfg, progress=False, init=proxy)
+    r = dedicated_rate(o.raster(2), train, held, cfg, progress=False, init=proxy, curve_every=2)
+    assert "held_out_curve" not in plain
+    assert [p["step"] for p in r["held_out_curve"]] == [2, 4, 6]
+    assert r["held_out_curve"][-1]["bits_per_latent"] == r["bits_per_latent"] == plain["bits_per_latent"]
+    assert r["start_bits_per_latent"] == plain["start_bits_per_latent"]
+    assert len({p["bits_per_latent"] for p in r["held_out_curve"]}) == 3  # it trained in between
+
+
 def interrupt_sampling(monkeypatch, at_call: int):
     """Makes the ``at_call``-th crop draw of training raise KeyboardInterrupt (a killed run);
     returns the real draw, to put back."""

@@ -373,6 +373,58 @@ def untrained_proxy(
     return path
 
 
+def test_dedicated_stability_of_a_tiny_run_with_curves(tmp_path, monkeypatch, capsys):
+    """A verified 2×2 run with --verify-curve 1 (two steps, fine-tuned from the proxy): each step's
+    ranking against the final one, as the script reports it."""
+    from orderopt import search
+
+    from .test_costs import CH, M, random_latents
+
+    random_latents(seed=0).save(tmp_path / "held.pt")
+    random_latents(seed=1).save(tmp_path / "train.pt")
+    proxy = untrained_proxy(tmp_path / "proxy.pt", 2, "test", M, CH)
+    run = tmp_path / "run"
+    args = ["--patch", "2", "--latents", tmp_path / "held.pt", "--proxy", proxy, "--bootstrap", "100"]
+    args += ["--verify", "1", "--train-latents", tmp_path / "train.pt", "--verify-steps", "2"]
+    args += ["--verify-curve", "1", "--out", run]
+    assert search.main(list(map(str, args))) == 0
+    dedicated = json.loads((run / "manifest.json").read_text())["dedicated"]
+    assert all([p["step"] for p in d["held_out_curve"]] == [1, 2] for d in dedicated.values())
+    out = tmp_path / "stability"
+    run_main(monkeypatch, "dedicated_stability", run, "--out", out)
+    result, text = outputs(tmp_path, "stability")
+    assert result["steps"] == [0, 1, 2] and result["final_step"] == 2
+    assert result["final"] == {n: d["bits_per_latent"] for n, d in dedicated.items()}
+    orders = {
+        n: v for n, v in result["final"].items() if n not in ("hyperprior", "checkerboard", "autoregressive")
+    }
+    assert result["n_orders"] == len(orders) >= 3 and result["final_best_order"] == min(
+        orders, key=orders.get
+    )
+    last = result["rows"][-1]  # the final step against itself
+    assert last["spearman_all"] == pytest.approx(1) and last["spearman_orders"] == pytest.approx(1)
+    assert last["best_order"] == result["final_best_order"] and last["regret_percent"] == 0
+    assert last["median_abs_change_to_final_percent"] == 0
+    first = result["rows"][0]  # before fine-tuning: the proxy's weights
+    start = {n: d["start_bits_per_latent"] for n, d in dedicated.items()}
+    assert first["spearman_all"] == pytest.approx(
+        stats.spearmanr(
+            [start[n] for n in sorted(start)], [result["final"][n] for n in sorted(start)]
+        ).statistic
+    )
+    assert first["best_vs_autoregressive_percent"] == pytest.approx(
+        100 * (start[first["best_order"]] / start["autoregressive"] - 1)
+    )
+    assert [len(t) for t in md_tables(text)] == [3, len(result["final"])]
+    assert (tmp_path / "stability.png").stat().st_size > 0
+    # a verified run without curves is refused in one line
+    plain = tmp_path / "plain"
+    i = args.index("--verify-curve")
+    assert search.main(list(map(str, [*args[:i], "--out", plain]))) == 0
+    assert importlib.import_module("dedicated_stability").main([str(plain), "--out", str(out)]) == 2
+    assert "--verify-curve" in capsys.readouterr().err
+
+
 def test_dedicated_spread_of_two_tiny_verified_runs(tmp_path, monkeypatch):
     """Two verified 2×2 runs on tiny latents that differ in --seed (one dedicated step each)."""
     from orderopt import search
