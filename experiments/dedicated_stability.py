@@ -5,8 +5,9 @@ measured every N steps, and before training when fine-tuned from the proxy) and 
 curve step: Spearman's ρ between the ranking at that step and at the end (over all verified
 candidates, and over the multistage orders alone), the order that step rates best and what it
 costs at the end (regret), the best order's rate against autoregressive and checkerboard at that
-step, and how far the rates still are from their final values. When the last points agree, more
-steps would not change the verdict: that is the protocol the verification models follow.
+step, and how far the rates still are from their final values. When the points before the end
+already agree with it, the verdict has stopped moving within this budget; when only the last
+one does, it has not been shown to, and the models need more steps (--verify-steps).
 
     python experiments/dedicated_stability.py results/search-patch2-verify-curve \
         --out results/dedicated_stability_patch2
@@ -33,20 +34,19 @@ from orderopt.results import BASELINES, Run
 def curves(run: Run) -> dict[str, dict[int, float]]:
     """Each dedicated model's held-out rate by step (step 0: before training, when known)."""
     dedicated = run.manifest.get("dedicated") or {}
+    missing = sorted(n for n, rec in dedicated.items() if not rec.get("held_out_curve"))
+    if not dedicated or missing:
+        which = f" ({', '.join(missing)} have none)" if dedicated else ""
+        raise UserError(
+            f"{run.path} lacks dedicated models with a held-out curve{which}; run its search with "
+            "--verify N --verify-curve STEPS"
+        )
     out = {}
     for name, rec in dedicated.items():
-        points = rec.get("held_out_curve")
-        if not points:
-            continue
-        c = {int(p["step"]): float(p["bits_per_latent"]) for p in points}
+        c = {int(p["step"]): float(p["bits_per_latent"]) for p in rec["held_out_curve"]}
         if rec.get("start_bits_per_latent") is not None:
             c[0] = float(rec["start_bits_per_latent"])
         out[name] = c
-    if len(out) < 3:
-        raise UserError(
-            f"{run.path} has fewer than 3 dedicated models with a held-out curve; run its search with "
-            "--verify N --verify-curve STEPS"
-        )
     return out
 
 
@@ -57,15 +57,23 @@ def relative(a: float, b: float) -> float:
 def stability(by_name: dict[str, dict[int, float]]) -> dict:
     """Per step common to every model: the ranking against the end, the pick and the gains."""
     steps = sorted(set.intersection(*(set(c) for c in by_name.values())))
+    order_names = [n for n in by_name if n not in BASELINES]
+    if len(steps) < 2:
+        raise UserError(
+            "the dedicated models' curves share fewer than two steps (records of different "
+            "--verify-curve or --verify-steps in one --dedicated-dir?); rerun the search with one"
+        )
+    if len(order_names) < 2:
+        raise UserError("the run verified fewer than two multistage orders; give --verify 2 or more")
     last = steps[-1]
     final = {n: c[last] for n, c in by_name.items()}
     points = [{"step": s, "orders": {n: c[s] for n, c in by_name.items()}} for s in steps]
-    order_names = [n for n in by_name if n not in BASELINES]
     rows_all = ranking_over_training(points, final)
     final_orders = {n: final[n] for n in order_names}
     order_points = [{"step": p["step"], "orders": {n: p["orders"][n] for n in order_names}} for p in points]
     rows_orders = ranking_over_training(order_points, final_orders)
     final_best = min(final_orders, key=final_orders.get)
+    settled = settled_step(rows_orders, final_best)
     rows = []
     for p, ra, ro in zip(points, rows_all, rows_orders, strict=True):
         rates = p["orders"]
@@ -76,7 +84,7 @@ def stability(by_name: dict[str, dict[int, float]]) -> dict:
             "best_order": ro["best"],
             "regret_percent": ro["regret_percent"],
             "median_abs_change_to_final_percent": statistics.median(
-                abs(relative(final[n], rates[n])) for n in rates
+                abs(relative(rates[n], final[n])) for n in rates
             ),
         }
         for base in ("autoregressive", "checkerboard"):
@@ -88,7 +96,8 @@ def stability(by_name: dict[str, dict[int, float]]) -> dict:
         "final_step": last,
         "final": final,
         "final_best_order": final_best,
-        "orders_settled_step": settled_step(rows_orders, final_best),
+        # the last step agrees with itself by construction: settled only when an earlier one does
+        "orders_settled_step": settled if settled is not None and settled < last else None,
         "n_all": len(final),
         "n_orders": len(order_names),
         "rows": rows,
@@ -96,20 +105,21 @@ def stability(by_name: dict[str, dict[int, float]]) -> dict:
 
 
 def render(run: Run, result: dict, command: str, figure: str) -> str:
+    steps = result["steps"]
+    start = " (step 0: the proxy's weights restricted to each model's masks)" if steps[0] == 0 else ""
     lines = [
         "# Do the dedicated models' rankings still change with more steps?",
         "",
         f"Regenerate: `{command}`",
         "",
         f"Run `{run.path}`: {run.label}; dedicated models {run.verify_protocol()}, held-out rate "
-        f"measured every {run.manifest['arguments'].get('verify_curve')} steps (step 0: the proxy's "
-        "weights restricted to the model's mask, before fine-tuning). The learning rate drops ÷10 for "
+        f"measured at steps {', '.join(map(str, steps))}{start}. The learning rate drops ÷10 for "
         "the last 20% of the steps.",
         "",
         f"ρ: Spearman between a step's rates and the final ones, over all {result['n_all']} verified "
         f"models (baselines included) and over the {result['n_orders']} multistage orders; best: the "
-        "order that step rates lowest, and its regret under the final rates; Δ to final: the median "
-        "over models of |final / step − 1|.",
+        "order that step rates lowest, and its regret under the final rates (its final rate over the "
+        "final best order's); Δ to final: the median over models of |step / final − 1|.",
         "",
         "| step | ρ all | ρ orders | best order | regret | best vs autoregressive | best vs checkerboard "
         "| median Δ to final |",
@@ -133,7 +143,8 @@ def render(run: Run, result: dict, command: str, figure: str) -> str:
         + (
             f"every step from {settled} on picks it with ρ(orders) ≥ 0.9."
             if settled is not None
-            else "the last steps' picks or rankings still differ: train longer (--verify-steps)."
+            else "the steps before the last pick another order or rank with ρ(orders) < 0.9: the "
+            "ranking has not been shown to settle; train longer (--verify-steps)."
         ),
         "",
         "| model | final rate (bits/latent) |",
@@ -181,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = Run(args.run)
         by_name = curves(run)
+        result = stability(by_name)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = stability(by_name)
     command = f"python experiments/dedicated_stability.py {args.run} --out {args.out}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(by_name, result, args.out.with_suffix(".png"))

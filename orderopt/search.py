@@ -189,6 +189,13 @@ def check_arguments(args) -> str:
         raise UserError(
             "--mixture picks a shipped proxy; a --proxy checkpoint has its own number of components"
         )
+    if args.verify_curve and not args.verify:
+        raise UserError("--verify-curve measures dedicated models: give --verify N as well")
+    if args.verify_curve > args.verify_steps:
+        raise UserError(
+            f"--verify-curve {args.verify_curve} is longer than --verify-steps {args.verify_steps}: "
+            "the curve would have no point; give a smaller interval"
+        )
     if (args.storage or args.study) and strategy != "optuna":
         raise UserError("--storage and --study are for --strategy optuna")
     if args.storage:

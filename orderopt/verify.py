@@ -50,8 +50,9 @@ def dedicated_rate(
     weights (:func:`orderopt.context.init_from_proxy`) instead of a random initialisation, and
     the result also has ``start_bits_per_latent``, the held-out rate before training. With
     ``curve_every`` > 0 the held-out rate is also measured every that many steps, as
-    ``held_out_curve`` (``[{"step", "bits_per_latent"}]``), so one training shows whether the
-    model's rate, and the ranking of several, still moves with more steps.
+    ``held_out_curve`` (``[{"step", "bits_per_latent"}]``, ending with the trained model's rate
+    at its last step), so one training shows whether the model's rate, and the ranking of
+    several, still moves with more steps.
     """
     m, c = train.latent_channels, train.hyper_channels
     torch.manual_seed(config.seed)  # the initial weights too: same seed, same bits
@@ -77,6 +78,8 @@ def dedicated_rate(
     )
     out = measure(model, held_out)
     if curve is not None:
+        if not curve.curve or curve.curve[-1]["step"] != curve.steps_run:  # N does not divide the steps
+            curve.curve.append({"step": curve.steps_run, "bits_per_latent": out["bits_per_latent"]})
         out["held_out_curve"] = curve.curve
     return out if start is None else {**out, "start_bits_per_latent": start}
 
@@ -266,7 +269,9 @@ def _train_dedicated(
     ckpt = folder / f"{stem}.pt"
     stamp = folder / f"{stem}.identity.json"  # what the checkpoint was started for
     if ckpt.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) != identity):
-        ckpt.unlink()  # another training set, proxy or budget: never resume from it
+        # another training set, proxy or budget: never resume from it (a run with another
+        # --verify-curve also starts over: its checkpoint lacks or has the curve to resume)
+        ckpt.unlink()
     write_json(identity, stamp)
     res = dedicated_rate(
         spec, train, held_out, cfg, ckpt, progress, init=init, device=device, curve_every=curve_every

@@ -373,27 +373,34 @@ def untrained_proxy(
     return path
 
 
-def test_dedicated_stability_of_a_tiny_run_with_curves(tmp_path, monkeypatch, capsys):
-    """A verified 2×2 run with --verify-curve 1 (two steps, fine-tuned from the proxy): each step's
-    ranking against the final one, as the script reports it."""
-    from orderopt import search
-
+def tiny_verify_args(tmp_path: Path, steps: int) -> list:
+    """Search arguments of a 2×2 run on tiny random latents with an untrained proxy, verified
+    (--verify 1) with dedicated models of ``steps`` steps trained on other random latents."""
     from .test_costs import CH, M, random_latents
 
     random_latents(seed=0).save(tmp_path / "held.pt")
     random_latents(seed=1).save(tmp_path / "train.pt")
     proxy = untrained_proxy(tmp_path / "proxy.pt", 2, "test", M, CH)
-    run = tmp_path / "run"
     args = ["--patch", "2", "--latents", tmp_path / "held.pt", "--proxy", proxy, "--bootstrap", "100"]
-    args += ["--verify", "1", "--train-latents", tmp_path / "train.pt", "--verify-steps", "2"]
-    args += ["--verify-curve", "1", "--out", run]
+    return args + ["--verify", "1", "--train-latents", tmp_path / "train.pt", "--verify-steps", steps]
+
+
+def test_dedicated_stability_of_a_tiny_run_with_curves(tmp_path, monkeypatch, capsys):
+    """A verified 2×2 run with --verify-curve 2 (three steps, fine-tuned from the proxy): each step's
+    ranking against the final one, as the script reports it; the interval need not divide the
+    steps, the final model's rate still ends each curve."""
+    from orderopt import search
+
+    run = tmp_path / "run"
+    args = [*tiny_verify_args(tmp_path, 3), "--verify-curve", "2", "--out", run]
     assert search.main(list(map(str, args))) == 0
     dedicated = json.loads((run / "manifest.json").read_text())["dedicated"]
-    assert all([p["step"] for p in d["held_out_curve"]] == [1, 2] for d in dedicated.values())
+    assert all([p["step"] for p in d["held_out_curve"]] == [2, 3] for d in dedicated.values())
+    assert all(d["held_out_curve"][-1]["bits_per_latent"] == d["bits_per_latent"] for d in dedicated.values())
     out = tmp_path / "stability"
     run_main(monkeypatch, "dedicated_stability", run, "--out", out)
     result, text = outputs(tmp_path, "stability")
-    assert result["steps"] == [0, 1, 2] and result["final_step"] == 2
+    assert result["steps"] == [0, 2, 3] and result["final_step"] == 3
     assert result["final"] == {n: d["bits_per_latent"] for n, d in dedicated.items()}
     orders = {
         n: v for n, v in result["final"].items() if n not in ("hyperprior", "checkerboard", "autoregressive")
@@ -401,6 +408,8 @@ def test_dedicated_stability_of_a_tiny_run_with_curves(tmp_path, monkeypatch, ca
     assert result["n_orders"] == len(orders) >= 3 and result["final_best_order"] == min(
         orders, key=orders.get
     )
+    settled = result["orders_settled_step"]  # never the last step alone: it agrees by construction
+    assert settled in (0, 2, None) and ("has not been shown to settle" in text) == (settled is None)
     last = result["rows"][-1]  # the final step against itself
     assert last["spearman_all"] == pytest.approx(1) and last["spearman_orders"] == pytest.approx(1)
     assert last["best_order"] == result["final_best_order"] and last["regret_percent"] == 0
@@ -429,14 +438,7 @@ def test_dedicated_spread_of_two_tiny_verified_runs(tmp_path, monkeypatch):
     """Two verified 2×2 runs on tiny latents that differ in --seed (one dedicated step each)."""
     from orderopt import search
 
-    from .test_costs import CH, M, random_latents
-
-    random_latents(seed=0).save(tmp_path / "held.pt")
-    random_latents(seed=1).save(tmp_path / "train.pt")
-    proxy = untrained_proxy(tmp_path / "proxy.pt", 2, "test", M, CH)
-    common = ["--patch", "2", "--latents", tmp_path / "held.pt", "--proxy", proxy, "--bootstrap", "100"]
-    common += ["--verify", "1", "--train-latents", tmp_path / "train.pt", "--verify-steps", "1"]
-    common += ["--verify-init", "scratch"]
+    common = [*tiny_verify_args(tmp_path, 1), "--verify-init", "scratch"]
     runs = [tmp_path / f"run{seed}" for seed in (0, 1)]
     for seed, run in enumerate(runs):
         assert search.main([*map(str, common), "--seed", str(seed), "--out", str(run)]) == 0

@@ -387,3 +387,31 @@ def test_rank_correlations_golden():
     assert rc["orders_only"]["n"] == 3
     assert rc["orders_only"]["spearman"] == pytest.approx(0.5)
     assert rc["orders_only"]["kendall"] == pytest.approx(1 / 3)
+
+
+def test_verify_curve_reuses_and_refuses_stored_dedicated_models(tmp_path):
+    """A run asking for curves retrains models stored without one; a plain run reuses models
+    stored with one; --verify-curve without --verify, or longer than the budget, is refused."""
+    from .test_experiments import tiny_verify_args
+
+    shared = tmp_path / "shared"
+    common = [*tiny_verify_args(tmp_path, 2), "--dedicated-dir", shared]
+
+    def records() -> dict:
+        return {p.name: json.loads(p.read_text()) for p in shared.glob("*.json") if "identity" not in p.name}
+
+    assert search.main(list(map(str, [*common, "--out", tmp_path / "plain"]))) == 0
+    assert records() and all("held_out_curve" not in r for r in records().values())
+    assert search.main(list(map(str, [*common, "--verify-curve", "1", "--out", tmp_path / "curve"]))) == 0
+    curved = records()
+    assert all([p["step"] for p in r["held_out_curve"]] == [1, 2] for r in curved.values())
+    assert all(r["curve_every"] == 1 for r in curved.values())
+    assert search.main(list(map(str, [*common, "--out", tmp_path / "plain2"]))) == 0
+    assert records() == curved  # reused, not retrained
+    manifest = json.loads((tmp_path / "plain2" / "manifest.json").read_text())
+    assert all("held_out_curve" in d for d in manifest["dedicated"].values())
+    no_verify = [str(a) for a in common[:6]] + ["--verify-curve", "1", "--out", str(tmp_path / "x")]
+    r = run(*no_verify)
+    assert r.returncode == 2 and "give --verify N as well" in r.stderr and "Traceback" not in r.stderr
+    r = run(*map(str, [*common, "--verify-curve", "5", "--out", tmp_path / "y"]))
+    assert r.returncode == 2 and "longer than --verify-steps 2" in r.stderr and "Traceback" not in r.stderr
