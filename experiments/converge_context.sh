@@ -46,7 +46,11 @@ done
 failed=0
 for name in "${NAMES[@]}"; do
   if ! wait "${PID[$name]}"; then echo "$name failed: see $OUT/$name.log" >&2; failed=1; continue; fi
-  cp "$OUT/$name.json" "results/context/converge/q${Q}_$name.json"
+  # the record, with the command that reproduces it (for results/README.md)
+  python -c 'import json, sys; from orderopt.files import write_json
+d = json.load(open(sys.argv[1])); d["command"] = sys.argv[3]; write_json(d, sys.argv[2])' \
+    "$OUT/$name.json" "results/context/converge/q${Q}_$name.json" \
+    "PATIENCE=$PATIENCE CAP=$CAP bash experiments/converge_context.sh $Q $name"
   if [ "${EXPORT:-0}" = 1 ]; then
     if python -c "import json,sys; sys.exit(not json.load(open('$OUT/$name.json'))['convergence']['converged'])"; then
       python -m orderopt.train export --ckpt "$OUT/$name.pt" --out "orderopt/weights/q$Q/$name.pt"
