@@ -4,7 +4,9 @@
 # results/context/converge/qQ_NAME.json. The stopping rule watches BSDS500 val (100 photographs
 # of the training domain that no search rates), so the embedded photographs and wikiphotos stay
 # untouched by the choice of the stopping point. Every run resumes where it stopped.
-#   bash experiments/converge_context.sh Q [NAME ...]      NAME: proxy_k2 proxy_k4 autoregressive
+#   bash experiments/converge_context.sh Q [NAME ...]
+# NAME: proxy_k2 proxy_k4 autoregressive (default: these three), proxy_k2_mix3 proxy_k4_mix3 (the
+# K = 3 mixture proxies, shipped for quality 2).
 # Environment: BSDS (../shared/datasets/bsds500), PATIENCE (4 points of 500 steps), CAP (40000
 # steps), THREADS (1 per model), NICE (5), EXPORT=1 to also export the converged models into
 # orderopt/weights/qQ/ (then rerun the results that depend on them: experiments/regenerate_results.sh).
@@ -28,9 +30,11 @@ mkdir -p "$LAT" "$OUT" results/context/converge
     --out "$LAT/val_latents.pt"
 declare -A WHAT=([proxy_k2]="--proxy --patch 2 --raster-fraction 0.25"
                  [proxy_k4]="--proxy --patch 4 --raster-fraction 0.25"
-                 [autoregressive]="--kind autoregressive")
+                 [autoregressive]="--kind autoregressive"
+                 [proxy_k2_mix3]="--proxy --patch 2 --raster-fraction 0.25 --mixture 3"
+                 [proxy_k4_mix3]="--proxy --patch 4 --raster-fraction 0.25 --mixture 3")
 for name in "${NAMES[@]}"; do
-  [ -n "${WHAT[$name]:-}" ] || { echo "unknown model $name (proxy_k2, proxy_k4 or autoregressive)" >&2; exit 2; }
+  [ -n "${WHAT[$name]:-}" ] || { echo "unknown model $name (${!WHAT[*]})" >&2; exit 2; }
 done
 declare -A PID
 for name in "${NAMES[@]}"; do
