@@ -36,12 +36,15 @@ from .model import (
 
 
 @torch.no_grad()
-def validate(model: HyperpriorCodec, images: list[torch.Tensor]) -> dict[str, float]:
-    """Mean bpp (from the likelihoods, ŷ = round(y)) and PSNR over whole images."""
+def validate(
+    model: HyperpriorCodec, images: list[torch.Tensor], lmbda: float | None = None
+) -> dict[str, float]:
+    """Mean bpp (from the likelihoods, ŷ = round(y)) and PSNR over whole images; with ``lmbda``
+    also the mean rate–distortion loss λ·255²·MSE + bpp (what ``train base --converge`` watches)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    bpps, psnrs = [], []
+    bpps, psnrs, losses = [], [], []
     for x in images:
         x = x.to(device)
         xp, size = data.pad_to_multiple(x[None])
@@ -51,8 +54,11 @@ def validate(model: HyperpriorCodec, images: list[torch.Tensor]) -> dict[str, fl
         mse = torch.mean((data.crop_to(out["x_hat"].clamp(0, 1), size) - x[None]) ** 2)
         bpps.append(float(bits) / npix)
         psnrs.append(float(10 * torch.log10(1 / mse)))
+        if lmbda is not None:
+            losses.append(lmbda * 255**2 * float(mse) + bpps[-1])
     model.train(was_training)
-    return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
+    out = {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))}
+    return out if lmbda is None else {**out, "loss": float(np.mean(losses))}
 
 
 def _lr_at(step: int, total: int, lr: float, time_fraction: float = 0.0) -> float:
@@ -92,6 +98,10 @@ class _Prefetch:
 
 
 def train_base(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .fit import Plateau
+
     device = torch_device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: tuned kernels pay off
     torch.manual_seed(args.seed)
@@ -105,10 +115,19 @@ def train_base(args: argparse.Namespace) -> int:
         if (args.val_images)
         else []
     )
+    if args.converge and not val_images:
+        raise UserError("--converge needs --val-images DIR: the validation loss it watches is measured there")
     sampler = data.CropSampler(train_paths, size=args.crop, seed=args.seed)
     model = HyperpriorCodec(args.N, args.M).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     step, history = 0, []
+    plateau = Plateau(args.converge, min_delta=args.min_delta, drops=args.lr_drops) if args.converge else None
+    # what a resumed --converge run must share: the rule, how often and on which images
+    rule = None
+    if plateau is not None:
+        rule = {**plateau.rule(), "every": args.val_every, "metric": "loss"}
+        rule.update(val_images=str(args.val_images), val_count=args.val_count)
+    lowest_state: dict | None = None  # weights at the lowest validation loss (--converge)
     if out.exists():
         ckpt = read_checkpoint(out)
         state = ckpt.get("train_state")
@@ -119,11 +138,22 @@ def train_base(args: argparse.Namespace) -> int:
                 f"{out} was trained with {ckpt['arch']} and lambda {ckpt['lmbda']}, not {model.arch} and "
                 f"lambda {args.lmbda}; choose another --out or the same settings to resume"
             )
+        if state.get("plateau_rule") != rule:
+            # a --converge run's history decides its future: never silently change its rule
+            raise UserError(
+                f"{out} was trained with another --converge rule or validation set "
+                f"({state.get('plateau_rule') or 'none'}); resume it with the same options or choose "
+                "another --out"
+            )
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sampler.set_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         step, history = state["step"], ckpt["training"].get("validation", [])
+        if plateau is not None:
+            for k, v in state["plateau"].items():
+                setattr(plateau, k, v)
+            lowest_state = state.get("lowest_state")
         print(f"resuming {out} at step {step}")
     elif args.init:
         init = read_checkpoint(args.init)
@@ -147,22 +177,49 @@ def train_base(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "validation": history,
         }
+        if plateau is not None:
+            training["convergence"] = {**rule, **asdict(plateau)}
         ckpt = make_checkpoint(model, args.lmbda, training)
         ckpt["train_state"] = {
             "step": step,
             "optimizer": opt.state_dict(),
             "sampler": prefetch.state(),
             "torch_rng": torch.get_rng_state(),
+            "plateau_rule": rule,
         }
+        if plateau is not None:
+            ckpt["train_state"].update(plateau=asdict(plateau), lowest_state=lowest_state)
         save_torch(ckpt, out)
+
+    def validation_point() -> bool:
+        """Validates, records the point (with the plateau's event); True when it says stop."""
+        nonlocal lowest_state
+        v = validate(model, val_images, args.lmbda if plateau is not None else None)
+        point = {"step": step, **v, "elapsed_s": round(time.time() - t0, 1)}
+        history.append(point)
+        stop = False
+        if plateau is not None:
+            event = plateau.update(step, v["loss"])
+            point.update(event=event, lr=args.lr * plateau.lr_scale)
+            if plateau.lowest_step == step:
+                lowest_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+            stop = event == "stop"
+        bar.write(json.dumps(point))
+        return stop
 
     model.train()
     bar = tqdm(total=args.steps, initial=step, desc="train base", unit="step", dynamic_ncols=True)
     t0, running = time.time(), []
     time_limit = args.time_limit or float("inf")
-    while step < args.steps:
+    if plateau is not None and plateau.lowest == float("inf"):
+        validation_point()  # the starting weights (--init's, say) are the first to beat
+    while step < args.steps and not (plateau is not None and plateau.converged):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, args.steps, args.lr, (time.time() - t0) / time_limit)
+            g["lr"] = (
+                args.lr * plateau.lr_scale
+                if plateau is not None
+                else _lr_at(step, args.steps, args.lr, (time.time() - t0) / time_limit)
+            )
         x = prefetch.next().to(device, memory_format=torch.channels_last, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bfloat16"):
             result = model(x)
@@ -183,18 +240,20 @@ def train_base(args: argparse.Namespace) -> int:
             loss, bpp, mse = np.mean(running[-50:], axis=0)
             bar.set_postfix(loss=f"{loss:.3f}", bpp=f"{bpp:.3f}", psnr=f"{10 * np.log10(1 / mse):.2f}")
         last = step == args.steps or time.time() - t0 >= time_limit
-        if val_images and (step % args.val_every == 0 or last):
-            v = validate(model, val_images)
-            history.append({"step": step, **v, "elapsed_s": round(time.time() - t0, 1)})
-            bar.write(json.dumps(history[-1]))
-        if step % args.ckpt_every == 0 or last:
+        stop = False
+        if val_images and (step % args.val_every == 0 or (last and plateau is None)):
+            stop = validation_point()
+        if step % args.ckpt_every == 0 or last or stop:
             save()
-        if last:
+        if last or stop:
             break
     bar.close()
     prefetch.close()
+    if plateau is not None and plateau.converged and lowest_state is not None:
+        model.load_state_dict(lowest_state)  # early stopping: the validation best, not the last
+        print(f"converged: kept the weights of step {plateau.lowest_step} (loss {plateau.lowest:.4f})")
     save()
-    if step < args.steps:
+    if step < args.steps and not (plateau is not None and plateau.converged):
         print(f"stopped at step {step} after the --time-limit of {args.time_limit:g} s; run again to go on")
     return 0
 
@@ -422,6 +481,33 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_converge_options(p: argparse.ArgumentParser, watched: str, every: str, advice: str) -> None:
+    """--converge PATIENCE, --min-delta and --lr-drops: the reduce-on-plateau rule
+    (:class:`orderopt.fit.Plateau`) on ``watched``, measured every ``every`` steps."""
+    p.add_argument(
+        "--converge",
+        type=number(at_least=0),
+        default=0,
+        metavar="PATIENCE",
+        help=f"train until the {watched} stops improving instead of a fixed schedule: after "
+        f"PATIENCE points ({every}) without an improvement of more than --min-delta the "
+        f"learning rate drops ÷10, after --lr-drops drops training stops and keeps the weights of the "
+        f"lowest {watched}; --steps is then a cap. {advice} (0: the fixed schedule)",
+    )
+    p.add_argument(
+        "--min-delta",
+        type=number(float, at_least=0, below=1),
+        default=1e-3,
+        help=f"--converge: the relative {watched} improvement that counts",
+    )
+    p.add_argument(
+        "--lr-drops",
+        type=number(at_least=0),
+        default=2,
+        help="--converge: learning-rate drops (÷10 each) before a plateau stops training",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     p = OneLineErrorParser(prog="python -m orderopt.train", description=__doc__, formatter_class=fmt)
@@ -464,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=number(float, above=0),
         default=1e-4,
-        help="Adam learning rate (÷10 for the last 15%% of steps)",
+        help="Adam learning rate (÷10 for the last 15%% of steps; with --converge, at each plateau)",
     )
     b.add_argument("--seed", type=int, default=0, help="random seed")
     b.add_argument("--val-every", type=number(at_least=1), default=1000, help="validation interval in steps")
@@ -475,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="stop (checkpointed, resumable) after this many seconds; the learning rate drops ÷10 for "
         "the last 15%% of the steps or of this time, whichever comes first (0: no limit)",
+    )
+    add_converge_options(
+        b,
+        "validation loss",
+        "--val-every, on --val-images",
+        "The long runs across sessions use it: the learning rate drops when it pays, not at a fixed step",
     )
     add_threads_option(b)
     b.add_argument(
@@ -546,28 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the held-out rate every this many steps, saved as held_out_curve in the .json "
         "(0: only at the end)",
     )
-    c.add_argument(
-        "--converge",
-        type=number(at_least=0),
-        default=0,
-        metavar="PATIENCE",
-        help="train until the held-out rate stops improving instead of a fixed schedule: after "
-        "PATIENCE held-out points (--eval-every) without an improvement of more than --min-delta the "
-        "learning rate drops ÷10, after --lr-drops drops training stops and keeps the weights of the "
-        "lowest held-out rate; --steps is then a cap. Hold out images the search will not rate "
-        "(e.g. BSDS500 val), since the stopping point is chosen on them (0: the fixed schedule)",
-    )
-    c.add_argument(
-        "--min-delta",
-        type=number(float, at_least=0, below=1),
-        default=1e-3,
-        help="--converge: the relative held-out improvement that counts",
-    )
-    c.add_argument(
-        "--lr-drops",
-        type=number(at_least=0),
-        default=2,
-        help="--converge: learning-rate drops (÷10 each) before a plateau stops training",
+    add_converge_options(
+        c,
+        "held-out rate",
+        "--eval-every",
+        "Hold out images the search will not rate (e.g. BSDS500 val), since the stopping point is "
+        "chosen on them",
     )
     c.add_argument(
         "--time-limit",

@@ -233,3 +233,58 @@ def test_mixture_proxy_trains_then_searches(tmp_path, tiny_ckpt, image_dir):
         load_context(damaged)
     r = run(*common, *proxy, "--mixture", "0", "--out", str(tmp_path / "x.pt"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--mixture: must be at least 1" in r.stderr
+
+
+def base_model_of(path):
+    from orderopt.model import HyperpriorCodec
+
+    ckpt = read_checkpoint(path)
+    model = HyperpriorCodec(**ckpt["arch"])
+    model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
+    return model, ckpt
+
+
+def test_base_converge_stops_on_the_plateau_and_keeps_the_lowest_weights(tmp_path, image_dir):
+    """patience 1, no drop, an improvement of 50% needed: the second validation stops training,
+    and the checkpoint holds the weights of the lower of the two validation losses."""
+    from orderopt import data
+
+    out = tmp_path / "c.pt"
+    rule = ["--converge", "1", "--lr-drops", "0", "--min-delta", "0.5"]
+    assert train.main([*base_args(image_dir, out, 50), *rule]) == 0
+    model, ckpt = base_model_of(out)
+    conv, points = ckpt["training"]["convergence"], ckpt["training"]["validation"]
+    assert [p["step"] for p in points] == [0, 2] and [p["event"] for p in points] == ["improved", "stop"]
+    assert conv["converged"] and ckpt["training"]["steps"] == 2 and conv["metric"] == "loss"
+    lowest = min(points, key=lambda p: p["loss"])
+    assert conv["lowest_step"] == lowest["step"] and conv["lowest"] == lowest["loss"]
+    images = [data.load_image(p) for p in data.find_images(image_dir)][:24]
+    assert train.validate(model, images, 0.0067)["loss"] == pytest.approx(lowest["loss"], rel=1e-5)
+    assert all(
+        p["loss"] == pytest.approx(p["bpp"] + 0.0067 * 255**2 * 10 ** (-p["psnr"] / 10), rel=0.2)
+        for p in points
+    )
+    # a converged run resumed does nothing more
+    assert train.main([*base_args(image_dir, out, 50), *rule]) == 0
+    assert read_checkpoint(out)["training"]["validation"] == points
+
+
+def test_base_converge_resumes_as_uninterrupted_and_refuses_another_rule(tmp_path, image_dir):
+    rule = ["--converge", "3", "--min-delta", "0"]
+    straight, split = tmp_path / "straight.pt", tmp_path / "split.pt"
+    assert train.main([*base_args(image_dir, straight, 4), *rule]) == 0
+    assert train.main([*base_args(image_dir, split, 2), *rule]) == 0
+    assert train.main([*base_args(image_dir, split, 4), *rule]) == 0  # a higher cap resumes
+    a, b = read_checkpoint(straight), read_checkpoint(split)
+    strip = [{k: v for k, v in p.items() if k != "elapsed_s"} for p in a["training"]["validation"]]
+    assert strip == [{k: v for k, v in p.items() if k != "elapsed_s"} for p in b["training"]["validation"]]
+    assert [p["step"] for p in strip] == [0, 2, 4]
+    for k in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
+    for other in (["--converge", "2", "--min-delta", "0"], []):
+        with pytest.raises(UserError, match="another --converge rule"):
+            train.main([*base_args(image_dir, split, 6), *other])
+    args = base_args(image_dir, tmp_path / "n.pt", 2)
+    del args[args.index("--val-images") : args.index("--val-images") + 2]
+    r = run(*args, "--converge", "2")
+    assert r.returncode == 2 and "--converge needs --val-images" in r.stderr
