@@ -97,6 +97,14 @@ class _Prefetch:
         self.pool.shutdown()
 
 
+def _files_id(paths: list[Path]) -> str:
+    """A short hash of files' names and sizes: the same images wherever their folder is."""
+    import hashlib
+
+    blob = "\n".join(f"{p.name}:{p.stat().st_size}" for p in paths)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def train_base(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -110,23 +118,27 @@ def train_base(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable(out)
     train_paths = [p for d in args.images for p in data.find_images(d)]
-    val_images = (
-        [data.load_image(p) for p in data.find_images(args.val_images)[: args.val_count]]
-        if (args.val_images)
-        else []
-    )
+    val_paths = data.find_images(args.val_images)[: args.val_count] if args.val_images else []
+    val_images = [data.load_image(p) for p in val_paths]
     if args.converge and not val_images:
         raise UserError("--converge needs --val-images DIR: the validation loss it watches is measured there")
     sampler = data.CropSampler(train_paths, size=args.crop, seed=args.seed)
     model = HyperpriorCodec(args.N, args.M).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step, history = 0, []
+    step, history, init_history = 0, [], []
     plateau = Plateau(args.converge, min_delta=args.min_delta, drops=args.lr_drops) if args.converge else None
-    # what a resumed --converge run must share: the rule, how often and on which images
+    # what a resumed --converge run must share: the rule, how often, on which images (their names
+    # and sizes, wherever the folder is), and the training settings an uninterrupted run keeps
     rule = None
     if plateau is not None:
-        rule = {**plateau.rule(), "every": args.val_every, "metric": "loss"}
-        rule.update(val_images=str(args.val_images), val_count=args.val_count)
+        rule = {
+            **plateau.rule(),
+            "every": args.val_every,
+            "metric": "loss",
+            "val_images": _files_id(val_paths),
+        }
+        rule.update(lr=args.lr, batch=args.batch, crop=args.crop)
+    resumed = False
     lowest_state: dict | None = None  # weights at the lowest validation loss (--converge)
     if out.exists():
         ckpt = read_checkpoint(out)
@@ -138,18 +150,24 @@ def train_base(args: argparse.Namespace) -> int:
                 f"{out} was trained with {ckpt['arch']} and lambda {ckpt['lmbda']}, not {model.arch} and "
                 f"lambda {args.lmbda}; choose another --out or the same settings to resume"
             )
-        if state.get("plateau_rule") != rule:
+        saved = state.get("plateau_rule")
+        if saved != rule:
             # a --converge run's history decides its future: never silently change its rule
+            differ = sorted(
+                k for k in {**(saved or {}), **(rule or {})} if (saved or {}).get(k) != (rule or {}).get(k)
+            )
             raise UserError(
-                f"{out} was trained with another --converge rule or validation set "
-                f"({state.get('plateau_rule') or 'none'}); resume it with the same options or choose "
+                f"{out} was trained with another --converge rule ({', '.join(differ) or 'none'} "
+                f"differ{'s' if len(differ) == 1 else ''}); resume it with the same options or choose "
                 "another --out"
             )
+        resumed = True
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sampler.set_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         step, history = state["step"], ckpt["training"].get("validation", [])
+        init_history = ckpt["training"].get("init_validation", [])
         if plateau is not None:
             for k, v in state["plateau"].items():
                 setattr(plateau, k, v)
@@ -160,7 +178,14 @@ def train_base(args: argparse.Namespace) -> int:
         if init["arch"] != model.arch:
             raise UserError(f"--init {args.init} has architecture {init['arch']}, not {model.arch}")
         model.load_state_dict({k: v.float() for k, v in init["state_dict"].items()})
-        step, history = int(init["training"].get("steps", 0)), list(init["training"].get("validation", []))
+        # a converged run's weights are those of its lowest validation loss, not of its last step
+        t = init["training"]
+        step = int(t.get("weights_step", t.get("steps", 0)))
+        inherited = [p for p in t.get("validation", []) if p["step"] <= step]
+        if plateau is None:
+            history = inherited
+        else:  # this run's points alone drive its rule; the earlier ones are kept apart
+            init_history = [*t.get("init_validation", []), *inherited]
         print(f"starting from the weights of {args.init} (step {step}, fresh optimizer state)")
 
     prefetch = _Prefetch(sampler, args.batch)
@@ -179,6 +204,10 @@ def train_base(args: argparse.Namespace) -> int:
         }
         if plateau is not None:
             training["convergence"] = {**rule, **asdict(plateau)}
+            if plateau.converged:  # the weights kept are those of the lowest validation loss
+                training["weights_step"] = plateau.lowest_step
+        if init_history:
+            training["init_validation"] = init_history
         ckpt = make_checkpoint(model, args.lmbda, training)
         ckpt["train_state"] = {
             "step": step,
@@ -211,7 +240,7 @@ def train_base(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.steps, initial=step, desc="train base", unit="step", dynamic_ncols=True)
     t0, running = time.time(), []
     time_limit = args.time_limit or float("inf")
-    if plateau is not None and plateau.lowest == float("inf"):
+    if plateau is not None and not resumed:
         validation_point()  # the starting weights (--init's, say) are the first to beat
     while step < args.steps and not (plateau is not None and plateau.converged):
         for g in opt.param_groups:
@@ -243,7 +272,8 @@ def train_base(args: argparse.Namespace) -> int:
         stop = False
         if val_images and (step % args.val_every == 0 or (last and plateau is None)):
             stop = validation_point()
-        if step % args.ckpt_every == 0 or last or stop:
+        # a stopped run is saved below, with the weights of its lowest validation loss
+        if (step % args.ckpt_every == 0 or last) and not stop:
             save()
         if last or stop:
             break
@@ -492,7 +522,8 @@ def add_converge_options(p: argparse.ArgumentParser, watched: str, every: str, a
         help=f"train until the {watched} stops improving instead of a fixed schedule: after "
         f"PATIENCE points ({every}) without an improvement of more than --min-delta the "
         f"learning rate drops ÷10, after --lr-drops drops training stops and keeps the weights of the "
-        f"lowest {watched}; --steps is then a cap. {advice} (0: the fixed schedule)",
+        f"lowest {watched}; --steps is then a cap (a run it or --time-limit stops keeps its last "
+        f"weights). {advice} (0: the fixed schedule)",
     )
     p.add_argument(
         "--min-delta",
@@ -559,8 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-limit",
         type=number(float, at_least=0),
         default=0,
-        help="stop (checkpointed, resumable) after this many seconds; the learning rate drops ÷10 for "
-        "the last 15%% of the steps or of this time, whichever comes first (0: no limit)",
+        help="stop (checkpointed, resumable) after this many seconds; without --converge the learning "
+        "rate drops ÷10 for the last 15%% of the steps or of this time, whichever comes first (0: no limit)",
     )
     add_converge_options(
         b,
