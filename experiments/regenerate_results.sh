@@ -35,6 +35,18 @@ python experiments/dedicated_spread.py results/search-patch2-from-proxy results/
 # specialises models to BSDS500 and, past ~250 steps, loses rate on the photographs (results/retired.md)
 HELD_OUT=checkpoints/context/val_latents.pt STEPS_OVERRIDE=500 RANDOM_ORDERS=20 \
     bash experiments/verify_search.sh proxy
+# Does the dedicated ranking still change with more steps? Quality 2's converged 2x2 proxy, its
+# dedicated models fine-tuned 2,000 steps and measured every 250 on BSDS500 val (~1.5 h on 2 cores)
+[ -f checkpoints/context-q2/train_latents.pt ] || python -m orderopt.latents --quality 2 \
+    --images "$BSDS/train" "$BSDS/test" --out checkpoints/context-q2/train_latents.pt
+[ -f checkpoints/context-q2/val_latents.pt ] || python -m orderopt.latents --quality 2 \
+    --images "$BSDS/val" --out checkpoints/context-q2/val_latents.pt
+python -m orderopt.search --quality 2 --patch 2 --latents checkpoints/context-q2/val_latents.pt \
+    --proxy experiments/weights/converged/q2_proxy_k2.pt --verify 3 --train-latents checkpoints/context-q2/train_latents.pt \
+    --verify-steps 2000 --verify-curve 250 --verify-init proxy --seed 0 --jobs 2 \
+    --dedicated-dir checkpoints/dedicated-curve-q2-bsdsval --out results/search-patch2-bsdsval-verify-curve
+python experiments/dedicated_stability.py results/search-patch2-bsdsval-verify-curve \
+    --out results/dedicated_stability_patch2
 python experiments/bench_base_step.py --out results
 # the shipped model's runs on one basis (embedded photographs and wikiphotos), the proxies'
 # baseline gaps (previous model's protocol), then the three qualities' runs, BD-rates, base
