@@ -16,6 +16,7 @@ one does, it has not been shown to, and the models need more steps (--verify-ste
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from converge_summary import ranking_over_training, settled_step
 from outputs import save_results
+from scipy.stats import spearmanr
 
 from orderopt.errors import UserError
 from orderopt.results import BASELINES, Run
@@ -54,8 +56,9 @@ def relative(a: float, b: float) -> float:
     return 100 * (a / b - 1)
 
 
-def stability(by_name: dict[str, dict[int, float]]) -> dict:
-    """Per step common to every model: the ranking against the end, the pick and the gains."""
+def stability(by_name: dict[str, dict[int, float]], proxy: dict[str, float] | None = None) -> dict:
+    """Per step common to every model: the ranking against the end, the pick and the gains;
+    with ``proxy`` (the proxy's rate of each model's order), the ranking against the proxy's."""
     steps = sorted(set.intersection(*(set(c) for c in by_name.values())))
     order_names = [n for n in by_name if n not in BASELINES]
     if len(steps) < 2:
@@ -87,6 +90,11 @@ def stability(by_name: dict[str, dict[int, float]]) -> dict:
                 abs(relative(rates[n], final[n])) for n in rates
             ),
         }
+        rated = sorted(n for n in rates if math.isfinite((proxy or {}).get(n, math.nan)))
+        if len(rated) >= 3:
+            row["spearman_proxy"] = float(
+                spearmanr([rates[n] for n in rated], [proxy[n] for n in rated]).statistic
+            )
         for base in ("autoregressive", "checkerboard"):
             if base in rates:
                 row[f"best_vs_{base}_percent"] = relative(rates[ro["best"]], rates[base])
@@ -119,20 +127,24 @@ def render(run: Run, result: dict, command: str, figure: str) -> str:
         f"ρ: Spearman between a step's rates and the final ones, over all {result['n_all']} verified "
         f"models (baselines included) and over the {result['n_orders']} multistage orders; best: the "
         "order that step rates lowest, and its regret under the final rates (its final rate over the "
-        "final best order's); Δ to final: the median over models of |step / final − 1|.",
+        "final best order's); Δ to final: the median over models of |step / final − 1|; ρ proxy: "
+        "Spearman between a step's rates and the proxy's (the search's ranking), over the models the "
+        "proxy rates.",
         "",
-        "| step | ρ all | ρ orders | best order | regret | best vs autoregressive | best vs checkerboard "
-        "| median Δ to final |",
-        "|---|---|---|---|---|---|---|---|",
+        "| step | ρ all | ρ orders | ρ proxy | best order | regret | best vs autoregressive | "
+        "best vs checkerboard | median Δ to final |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{v:+.2f}%"
 
     for r in result["rows"]:
+        rho_proxy = f"{r['spearman_proxy']:.3f}" if "spearman_proxy" in r else "–"
         lines.append(
-            f"| {r['step']} | {r['spearman_all']:.3f} | {r['spearman_orders']:.3f} | `{r['best_order']}` | "
-            f"{r['regret_percent']:.3f}% | {pct(r.get('best_vs_autoregressive_percent'))} | "
+            f"| {r['step']} | {r['spearman_all']:.3f} | {r['spearman_orders']:.3f} | {rho_proxy} | "
+            f"`{r['best_order']}` | {r['regret_percent']:.3f}% | "
+            f"{pct(r.get('best_vs_autoregressive_percent'))} | "
             f"{pct(r.get('best_vs_checkerboard_percent'))} | "
             f"{r['median_abs_change_to_final_percent']:.3f}% |"
         )
@@ -192,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = Run(args.run)
         by_name = curves(run)
-        result = stability(by_name)
+        proxy = dict(zip(run.df["order"], run.df["proxy_bits_per_latent"], strict=True))
+        result = stability(by_name, proxy)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -421,6 +421,14 @@ def test_dedicated_stability_of_a_tiny_run_with_curves(tmp_path, monkeypatch, ca
             [start[n] for n in sorted(start)], [result["final"][n] for n in sorted(start)]
         ).statistic
     )
+    import pandas as pd
+
+    proxy = pd.read_csv(run / "candidates.csv").set_index("order")["proxy_bits_per_latent"].dropna()
+    rated = sorted(set(proxy.index) & set(start))  # this proxy does not rate autoregressive
+    assert "autoregressive" not in rated and len(rated) == len(start) - 1
+    assert first["spearman_proxy"] == pytest.approx(
+        stats.spearmanr([start[n] for n in rated], [proxy[n] for n in rated]).statistic
+    )
     assert first["best_vs_autoregressive_percent"] == pytest.approx(
         100 * (start[first["best_order"]] / start["autoregressive"] - 1)
     )
