@@ -10,6 +10,8 @@
 # Environment: BSDS (../shared/datasets/bsds500), PATIENCE (4 points of 500 steps), CAP (40000
 # steps), THREADS (1 per model), NICE (5), EXPORT=1 to also export the converged models into
 # orderopt/weights/qQ/ (then rerun the results that depend on them: experiments/regenerate_results.sh).
+# To continue a run whose checkpoint is gone from an fp16 snapshot (one NAME only): INIT=snapshot.pt
+# and MORE="--lr 1e-4 --lr-drops 1" (the drops it had left); its record then starts at the snapshot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${1:?usage: converge_context.sh QUALITY [NAME ...]}
@@ -33,6 +35,9 @@ declare -A WHAT=([proxy_k2]="--proxy --patch 2 --raster-fraction 0.25"
                  [autoregressive]="--kind autoregressive"
                  [proxy_k2_mix3]="--proxy --patch 2 --raster-fraction 0.25 --mixture 3"
                  [proxy_k4_mix3]="--proxy --patch 4 --raster-fraction 0.25 --mixture 3")
+INIT=${INIT:-}
+MORE=${MORE:-}
+[ -z "$INIT" ] || [ ${#NAMES[@]} -eq 1 ] || { echo "INIT needs exactly one NAME" >&2; exit 2; }
 for name in "${NAMES[@]}"; do
   [ -n "${WHAT[$name]:-}" ] || { echo "unknown model $name (${!WHAT[*]})" >&2; exit 2; }
 done
@@ -40,8 +45,8 @@ declare -A PID
 for name in "${NAMES[@]}"; do
   rm -f "$OUT/$name.json"  # a failed run must not leave an earlier run's record to copy
   # shellcheck disable=SC2086
-  nice -n "$NICE" python -m orderopt.train context ${WHAT[$name]} --quality "$Q" \
-      --init "orderopt/weights/q$Q/$name.pt" --train-latents "$LAT/train_latents.pt" \
+  nice -n "$NICE" python -m orderopt.train context ${WHAT[$name]} $MORE --quality "$Q" \
+      --init "${INIT:-orderopt/weights/q$Q/$name.pt}" --train-latents "$LAT/train_latents.pt" \
       --eval-latents "$LAT/val_latents.pt" --steps "$CAP" --batch 16 --crop 16 --seed 3 \
       --eval-every 500 --converge "$PATIENCE" --threads "$THREADS" --out "$OUT/$name.pt" \
       > "$OUT/$name.log" 2>&1 &
@@ -54,7 +59,7 @@ for name in "${NAMES[@]}"; do
   python -c 'import json, sys; from orderopt.files import write_json
 d = json.load(open(sys.argv[1])); d["command"] = sys.argv[3]; write_json(d, sys.argv[2])' \
     "$OUT/$name.json" "results/context/converge/q${Q}_$name.json" \
-    "PATIENCE=$PATIENCE CAP=$CAP bash experiments/converge_context.sh $Q $name"
+    "${INIT:+INIT=$INIT }${MORE:+MORE=\"$MORE\" }PATIENCE=$PATIENCE CAP=$CAP bash experiments/converge_context.sh $Q $name"
   if [ "${EXPORT:-0}" = 1 ]; then
     if python -c "import json,sys; sys.exit(not json.load(open('$OUT/$name.json'))['convergence']['converged'])"; then
       python -m orderopt.train export --ckpt "$OUT/$name.pt" --out "orderopt/weights/q$Q/$name.pt"
