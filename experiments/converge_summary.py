@@ -54,6 +54,19 @@ def settled_step(rows: list[dict], final_best: str, rho: float = 0.9) -> int | N
     return settled
 
 
+def init_label(init: dict | None) -> str | None:
+    """Where a run started: its ``--init``, and, for a snapshot of an earlier run, how far that
+    run had gone and from where."""
+    if not init:
+        return None
+    label = init["from"]
+    if init.get("steps_done"):
+        label += (
+            f" ({init['steps_done']:,} steps from {(init.get('init') or {}).get('from', 'random weights')})"
+        )
+    return label
+
+
 def summarise(record: dict) -> dict:
     """One model's convergence: start, lowest, drops, last improvement, ranking stability."""
     curve, conv = record["held_out_curve"], record["convergence"]
@@ -64,7 +77,7 @@ def summarise(record: dict) -> dict:
     out = {
         "kind": record["kind"],
         "patch": record.get("patch"),
-        "init": (record.get("init") or {}).get("from"),
+        "init": init_label(record.get("init")),
         "start": start,
         "lowest": conv["lowest"],
         "lowest_step": conv["lowest_step"],

@@ -402,6 +402,8 @@ def train_context(args: argparse.Namespace) -> int:
             )
         model.load_state_dict(start.state_dict())
         meta["init"] = {"from": str(args.init), "model_hash": start_meta.get("model_hash")}
+        if start_meta.get("steps_done"):  # a snapshot of an earlier run: where that one started
+            meta["init"].update(steps_done=start_meta["steps_done"], init=start_meta.get("init"))
     elif resumed is not None and "init" in resumed:
         meta["init"] = resumed["init"]  # a resumed run keeps the record of where it started
     config = FitConfig(

@@ -108,6 +108,7 @@ def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
     assert train.main(args) == 0
     res = json.loads(tuned.with_suffix(".json").read_text())
     assert [p["step"] for p in res["held_out_curve"]] == [1, 2, 3] and res["init"]["from"] == str(out)
+    assert res["init"]["steps_done"] == 3  # a trained --init says how far its own run went
     assert res["held_out_curve"][0]["autoregressive_bits_per_latent"] > 0
     with pytest.raises(UserError, match="another context model"):
         train.main([*common, "--proxy", "--patch", "3", "--init", str(out), "--out", str(tmp_path / "p3.pt")])

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# BD-rate over the three qualities on the dedicated basis: at each quality, the best order the
+# exact DP finds on the proxy, the published orders (the paper's, TinyLIC's) and the baselines
+# hyperprior-only, checkerboard and autoregressive each get a dedicated model (the paper's
+# masked convolutions), fine-tuned STEPS steps from the proxy on the BSDS500 train+test latents
+# and measured on BSDS500 val (100 unseen photographs of the training domain: fine-tuned on
+# BSDS500, dedicated models lose rate on other photographs, results/retired.md). Every row of a
+# run is verified, so its table is on the dedicated basis; bd_rate_contexts.py then reads them
+# with the base models' PSNR on the same images.
+# The proxy of each quality is its converged one (experiments/weights/converged/qQ_proxy_kK.pt)
+# where it is not shipped yet, else the shipped one. Resumable: re-run after an interruption.
+#   [PATCHES="2 4"] [STEPS=500] [JOBS=2] bash experiments/dedicated_bd_runs.sh [BSDS500_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BSDS=${1:-../shared/datasets/bsds500}
+STEPS=${STEPS:-500}
+JOBS=${JOBS:-2}
+PATCHES=${PATCHES:-2 4}
+for K in $PATCHES; do
+  runs=()
+  for Q in 1 2 3; do
+    LAT=checkpoints/context-q$Q  # shared with experiments/converge_context.sh
+    mkdir -p "$LAT"
+    [ -f "$LAT/train_latents.pt" ] || python -m orderopt.latents --quality "$Q" \
+        --images "$BSDS/train" "$BSDS/test" --out "$LAT/train_latents.pt"
+    [ -f "$LAT/val_latents.pt" ] || python -m orderopt.latents --quality "$Q" --images "$BSDS/val" \
+        --out "$LAT/val_latents.pt"
+    PROXY=experiments/weights/converged/q${Q}_proxy_k$K.pt
+    [ -f "$PROXY" ] || PROXY=orderopt/weights/q$Q/proxy_k$K.pt
+    OUT=results/search-patch$K-q$Q-bsdsval-dedicated
+    python -m orderopt.search --quality "$Q" --patch "$K" --strategy dp --latents "$LAT/val_latents.pt" \
+        --proxy "$PROXY" --verify 1 --train-latents "$LAT/train_latents.pt" --verify-steps "$STEPS" \
+        --verify-init proxy --seed 0 --jobs "$JOBS" --dedicated-dir "checkpoints/dedicated-bd-q$Q" --out "$OUT"
+    runs+=("$OUT")
+  done
+  all+=(--runs "${runs[@]}")
+done
+python experiments/bd_rate_contexts.py "${all[@]}" --images "$BSDS/val" --stem bd_rate_contexts_dedicated
