@@ -61,9 +61,11 @@ def init_label(init: dict | None) -> str | None:
         return None
     label = init["from"]
     if init.get("steps_done"):
-        label += (
-            f" ({init['steps_done']:,} steps from {(init.get('init') or {}).get('from', 'random weights')})"
-        )
+        first = init.get("init") or {}
+        label += f" ({init['steps_done']:,} steps from {first.get('from', 'random weights')}"
+        if "bits_per_latent" in first:
+            label += f", which rates {first['bits_per_latent']:.4f}"
+        label += ")"
     return label
 
 

@@ -9,16 +9,18 @@
 # with the base models' PSNR on the same images.
 # The proxy of each quality is its converged one (experiments/weights/converged/qQ_proxy_kK.pt)
 # where it is not shipped yet, else the shipped one. Resumable: re-run after an interruption.
-#   [PATCHES="2 4"] [STEPS=500] [JOBS=2] bash experiments/dedicated_bd_runs.sh [BSDS500_DIR]
+#   [PATCHES="2 4"] [QUALITIES="1 2 3"] [STEPS=500] [JOBS=2] bash experiments/dedicated_bd_runs.sh [BSDS500_DIR]
+# (the BD-rate table needs all three qualities; a subset only makes their runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BSDS=${1:-../shared/datasets/bsds500}
 STEPS=${STEPS:-500}
 JOBS=${JOBS:-2}
 PATCHES=${PATCHES:-2 4}
+QUALITIES=${QUALITIES:-1 2 3}
 for K in $PATCHES; do
   runs=()
-  for Q in 1 2 3; do
+  for Q in $QUALITIES; do
     LAT=checkpoints/context-q$Q  # shared with experiments/converge_context.sh
     mkdir -p "$LAT"
     [ -f "$LAT/train_latents.pt" ] || python -m orderopt.latents --quality "$Q" \
@@ -35,4 +37,5 @@ for K in $PATCHES; do
   done
   all+=(--runs "${runs[@]}")
 done
+[ "$QUALITIES" = "1 2 3" ] || exit 0
 python experiments/bd_rate_contexts.py "${all[@]}" --images "$BSDS/val" --stem bd_rate_contexts_dedicated

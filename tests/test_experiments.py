@@ -875,6 +875,8 @@ def test_converge_summary_names_a_snapshot_start():
     assert label(None) is None and label({"from": "w/q2/p.pt", "model_hash": "x"}) == "w/q2/p.pt"
     snap = {"from": "s.pt", "steps_done": 8700, "init": {"from": "w/q2/p.pt"}}
     assert label(snap) == "s.pt (8,700 steps from w/q2/p.pt)"
+    snap["init"]["bits_per_latent"] = 0.81349
+    assert label(snap) == "s.pt (8,700 steps from w/q2/p.pt, which rates 0.8135)"
 
 
 def test_converge_summary_of_a_real_converged_run(tiny_ckpt, image_dir, tmp_path, monkeypatch):
