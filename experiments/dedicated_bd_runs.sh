@@ -9,6 +9,9 @@
 # with the base models' PSNR on the same images.
 # The proxy of each quality is its converged one (experiments/weights/converged/qQ_proxy_kK.pt)
 # where it is not shipped yet, else the shipped one. Resumable: re-run after an interruption.
+# 4×4: BSDS500 val has 12 times the embedded photographs' patches, so the DP's cost table is
+# filled from 1/64 of its sets (TABLE_FRACTION; results/bench_cost_table.md: the DP optimum was
+# found in 4 of 4 draws at that fraction; expect about 12 times its fill time there).
 #   [PATCHES="2 4"] [QUALITIES="1 2 3"] [STEPS=500] [JOBS=2] bash experiments/dedicated_bd_runs.sh [BSDS500_DIR]
 # (the BD-rate table needs all three qualities; a subset only makes their runs)
 set -euo pipefail
@@ -18,6 +21,7 @@ STEPS=${STEPS:-500}
 JOBS=${JOBS:-2}
 PATCHES=${PATCHES:-2 4}
 QUALITIES=${QUALITIES:-1 2 3}
+TABLE_FRACTION=${TABLE_FRACTION:-0.015625}
 for K in $PATCHES; do
   runs=()
   for Q in $QUALITIES; do
@@ -30,7 +34,9 @@ for K in $PATCHES; do
     PROXY=experiments/weights/converged/q${Q}_proxy_k$K.pt
     [ -f "$PROXY" ] || PROXY=orderopt/weights/q$Q/proxy_k$K.pt
     OUT=results/search-patch$K-q$Q-bsdsval-dedicated
-    python -m orderopt.search --quality "$Q" --patch "$K" --strategy dp --latents "$LAT/val_latents.pt" \
+    FRACTION=()
+    [ "$K" = 4 ] && FRACTION=(--table-fraction "$TABLE_FRACTION")
+    python -m orderopt.search --quality "$Q" --patch "$K" --strategy dp "${FRACTION[@]}" --latents "$LAT/val_latents.pt" \
         --proxy "$PROXY" --verify 1 --train-latents "$LAT/train_latents.pt" --verify-steps "$STEPS" \
         --verify-init proxy --seed 0 --jobs "$JOBS" --dedicated-dir "checkpoints/dedicated-bd-q$Q" --out "$OUT"
     runs+=("$OUT")
