@@ -15,7 +15,7 @@ basis (the proxy's rates unless every row was verified: experiments/dedicated_bd
 Writes OUT/STEM.{json,md,png}.
 
     python experiments/bd_rate_contexts.py --runs RUN_Q1 RUN_Q2 RUN_Q3 [--runs RUN_Q1 RUN_Q2 RUN_Q3]
-        [--images DIR]
+        [--images DIR] [--stem STEM] [--out DIR]
 """
 
 from __future__ import annotations
@@ -109,6 +109,12 @@ def main() -> None:
         if sorted(qs) != list(QUALITIES) or qs != sorted(qs):
             raise SystemExit(f"give the runs of qualities {list(QUALITIES)} in that order, got {qs}")
         patch = int(json.loads((runs[0] / "manifest.json").read_text())["arguments"]["patch"])
+        bases = sorted({str(df["basis"].iloc[0]) for df in frames})
+        if len(bases) != 1:
+            raise SystemExit(
+                f"the runs {', '.join(group)} are on different bases ({', '.join(bases)}): give runs "
+                "that are all proxy-rated or all verified (experiments/dedicated_bd_runs.sh)"
+            )
         per_q = [named_rows(df, patch) for df in frames]
         names = [n for n in per_q[1] if all(n.split(" (")[0] in {m.split(" (")[0] for m in r} for r in per_q)]
         for name in names:
@@ -131,7 +137,7 @@ def main() -> None:
                 ]
             table.append(entry)
         lines += [
-            f"## {patch}×{patch} runs: {', '.join(str(r) for r in runs)}",
+            f"## {patch}×{patch} runs, {bases[0]} rates: {', '.join(str(r) for r in runs)}",
             "",
             f"PSNR (dB) of q1–q3 on {args.images or 'these images'}: "
             + ", ".join(f"{v:.2f}" for v in psnrs)
@@ -198,6 +204,8 @@ def main() -> None:
     fig.savefig(out / f"{args.stem}.png", dpi=100)
     command = "python experiments/bd_rate_contexts.py " + " ".join("--runs " + " ".join(g) for g in args.runs)
     command += f" --images {args.images}" if args.images else ""
+    command += f" --stem {args.stem}" if args.stem != "bd_rate_contexts" else ""
+    command += f" --out {args.out}" if args.out != "results" else ""
     text = (
         "# BD-rate of context models and decoding orders over three qualities\n\n"
         "Rates on each run's basis (the proxy's unless stated), ŷ and ẑ; BD-rate with the `bjontegaard` "

@@ -38,6 +38,9 @@ declare -A WHAT=([proxy_k2]="--proxy --patch 2 --raster-fraction 0.25"
 INIT=${INIT:-}
 MORE=${MORE:-}
 [ -z "$INIT" ] || [ ${#NAMES[@]} -eq 1 ] || { echo "INIT needs exactly one NAME" >&2; exit 2; }
+# train.py ignores --init once --out exists: a run from a snapshot must not resume another one
+[ -z "$INIT" ] || [ ! -e "$OUT/${NAMES[0]}.pt" ] || { echo "INIT=$INIT, but $OUT/${NAMES[0]}.pt" \
+  "exists and would be resumed instead: move it away, or drop INIT to resume it" >&2; exit 2; }
 for name in "${NAMES[@]}"; do
   [ -n "${WHAT[$name]:-}" ] || { echo "unknown model $name (${!WHAT[*]})" >&2; exit 2; }
 done
@@ -59,7 +62,7 @@ for name in "${NAMES[@]}"; do
   python -c 'import json, sys; from orderopt.files import write_json
 d = json.load(open(sys.argv[1])); d["command"] = sys.argv[3]; write_json(d, sys.argv[2])' \
     "$OUT/$name.json" "results/context/converge/q${Q}_$name.json" \
-    "${INIT:+INIT=$INIT }${MORE:+MORE=\"$MORE\" }PATIENCE=$PATIENCE CAP=$CAP bash experiments/converge_context.sh $Q $name"
+    "${INIT:+INIT=$(printf %q "$INIT") }${MORE:+MORE=$(printf %q "$MORE") }PATIENCE=$PATIENCE CAP=$CAP bash experiments/converge_context.sh $Q $name"
   if [ "${EXPORT:-0}" = 1 ]; then
     if python -c "import json,sys; sys.exit(not json.load(open('$OUT/$name.json'))['convergence']['converged'])"; then
       python -m orderopt.train export --ckpt "$OUT/$name.pt" --out "orderopt/weights/q$Q/$name.pt"

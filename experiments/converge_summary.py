@@ -62,7 +62,7 @@ def init_label(init: dict | None) -> str | None:
     label = init["from"]
     if init.get("steps_done"):
         first = init.get("init") or {}
-        label += f" ({init['steps_done']:,} steps from {first.get('from', 'random weights')}"
+        label += f" (a run of {init['steps_done']:,} steps from {first.get('from', 'random weights')}"
         if "bits_per_latent" in first:
             label += f", which rates {first['bits_per_latent']:.4f}"
         label += ")"

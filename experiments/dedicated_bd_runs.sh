@@ -8,7 +8,11 @@
 # run is verified, so its table is on the dedicated basis; bd_rate_contexts.py then reads them
 # with the base models' PSNR on the same images.
 # The proxy of each quality is its converged one (experiments/weights/converged/qQ_proxy_kK.pt)
-# where it is not shipped yet, else the shipped one. Resumable: re-run after an interruption.
+# where it is not shipped yet, else the shipped one, but only where a --converge record
+# (results/context/converge/qQ_proxy_kK.json) shows the shipped weights within the rule's
+# tolerance of converged; otherwise the run stops and says which proxy to converge first.
+# Caveat: the DP picks its order on the same val latents its dedicated models are measured on.
+# Resumable: re-run after an interruption.
 # 4×4: BSDS500 val has 12 times the embedded photographs' patches, so the DP's cost table is
 # filled from 1/64 of its sets (TABLE_FRACTION; results/bench_cost_table.md: the DP optimum was
 # found in 4 of 4 draws at that fraction; expect about 12 times its fill time there).
@@ -20,6 +24,7 @@ BSDS=${1:-../shared/datasets/bsds500}
 STEPS=${STEPS:-500}
 JOBS=${JOBS:-2}
 PATCHES=${PATCHES:-2 4}
+all=()
 QUALITIES=${QUALITIES:-1 2 3}
 TABLE_FRACTION=${TABLE_FRACTION:-0.015625}
 for K in $PATCHES; do
@@ -32,7 +37,16 @@ for K in $PATCHES; do
     [ -f "$LAT/val_latents.pt" ] || python -m orderopt.latents --quality "$Q" --images "$BSDS/val" \
         --out "$LAT/val_latents.pt"
     PROXY=experiments/weights/converged/q${Q}_proxy_k$K.pt
-    [ -f "$PROXY" ] || PROXY=orderopt/weights/q$Q/proxy_k$K.pt
+    if [ ! -f "$PROXY" ]; then
+      PROXY=orderopt/weights/q$Q/proxy_k$K.pt
+      REC=results/context/converge/q${Q}_proxy_k$K.json
+      python -c 'import json, sys
+r = json.load(open(sys.argv[1])); c = r["convergence"]; start = r["held_out_curve"][0]["bits_per_latent"]
+sys.exit(not (c["converged"] and r["init"]["from"] == sys.argv[2] and start - c["lowest"] <= c["min_delta"] * start))' \
+          "$REC" "$PROXY" 2>/dev/null || {
+        echo "quality $Q's ${K}x$K proxy has not been shown converged ($REC): run" \
+             "bash experiments/converge_context.sh $Q proxy_k$K first" >&2; exit 2; }
+    fi
     OUT=results/search-patch$K-q$Q-bsdsval-dedicated
     FRACTION=()
     [ "$K" = 4 ] && FRACTION=(--table-fraction "$TABLE_FRACTION")
@@ -43,5 +57,6 @@ for K in $PATCHES; do
   done
   all+=(--runs "${runs[@]}")
 done
-[ "$QUALITIES" = "1 2 3" ] || exit 0
+[ "$(echo $QUALITIES | tr ' ' '\n' | sort -u | tr '\n' ' ')" = "1 2 3 " ] || {
+  echo "the BD-rate table needs qualities 1 2 3; made the runs of $QUALITIES only" >&2; exit 0; }
 python experiments/bd_rate_contexts.py "${all[@]}" --images "$BSDS/val" --stem bd_rate_contexts_dedicated

@@ -25,6 +25,7 @@ from .devices import add_device_option, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .files import check_writable, load_versioned, save_torch
 from .model import (
+    WEIGHTS_DIR,
     HyperpriorCodec,
     add_model_options,
     check_model_options,
@@ -402,7 +403,10 @@ def train_context(args: argparse.Namespace) -> int:
             )
         model.load_state_dict(start.state_dict())
         meta["init"] = {"from": str(args.init), "model_hash": start_meta.get("model_hash")}
-        if start_meta.get("steps_done"):  # a snapshot of an earlier run: where that one started
+        if start_meta.get("steps_done") and not Path(args.init).resolve().is_relative_to(
+            WEIGHTS_DIR.resolve()
+        ):
+            # a snapshot of an earlier run (not shipped weights): how far it ran, from where
             meta["init"].update(steps_done=start_meta["steps_done"], init=start_meta.get("init"))
     elif resumed is not None and "init" in resumed:
         meta["init"] = resumed["init"]  # a resumed run keeps the record of where it started

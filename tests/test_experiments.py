@@ -506,6 +506,19 @@ def test_bd_rate_contexts_best_is_the_search_pick_not_the_held_out_winner():
     assert rows["paper 2×2"]["order"] == "0,1;2,3"
 
 
+def test_bd_rate_contexts_refuses_runs_on_different_bases(photo_dir, tmp_path, monkeypatch):
+    import shutil
+
+    runs = []
+    for q in ("-q1", "", "-q3"):
+        runs.append(tmp_path / f"run{q}")
+        shutil.copytree(RESULTS / f"search-patch2{q}", runs[-1])
+    csv = runs[1] / "candidates.csv"
+    csv.write_text(csv.read_text().replace(",proxy,", ",dedicated,"))
+    with pytest.raises(SystemExit, match="different bases"):
+        run_main(monkeypatch, "bd_rate_contexts", "--runs", *runs, "--images", photo_dir, "--out", tmp_path)
+
+
 def test_bd_rate_contexts_of_the_committed_quality_runs(photo_dir, tmp_path, monkeypatch):
     """The committed q1–q3 runs (read only), with the PSNR measured on two small photographs."""
     import pandas as pd
@@ -515,7 +528,8 @@ def test_bd_rate_contexts_of_the_committed_quality_runs(photo_dir, tmp_path, mon
     run_main(monkeypatch, "bd_rate_contexts", *args, "--images", photo_dir, "--out", tmp_path)
     result, text = outputs(tmp_path, "bd_rate_contexts")
     assert (tmp_path / "bd_rate_contexts.png").stat().st_size > 0
-    assert result["command"].endswith(f"--images {photo_dir}")
+    assert result["command"].endswith(f"--images {photo_dir} --out {tmp_path}")  # reruns into the same file
+    assert "2×2 runs, proxy rates:" in text
     rows = result["rows"]
     for k, runs in zip((2, 4), groups, strict=True):
         mine = {r["name"].split(" (")[0]: r for r in rows if r["patch"] == k}
@@ -874,9 +888,9 @@ def test_converge_summary_names_a_snapshot_start():
     label = importlib.import_module("converge_summary").init_label
     assert label(None) is None and label({"from": "w/q2/p.pt", "model_hash": "x"}) == "w/q2/p.pt"
     snap = {"from": "s.pt", "steps_done": 8700, "init": {"from": "w/q2/p.pt"}}
-    assert label(snap) == "s.pt (8,700 steps from w/q2/p.pt)"
+    assert label(snap) == "s.pt (a run of 8,700 steps from w/q2/p.pt)"
     snap["init"]["bits_per_latent"] = 0.81349
-    assert label(snap) == "s.pt (8,700 steps from w/q2/p.pt, which rates 0.8135)"
+    assert label(snap) == "s.pt (a run of 8,700 steps from w/q2/p.pt, which rates 0.8135)"
 
 
 def test_converge_summary_of_a_real_converged_run(tiny_ckpt, image_dir, tmp_path, monkeypatch):

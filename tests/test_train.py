@@ -83,7 +83,7 @@ def tiny_context_args(image_dir, ckpt, cache) -> list[str]:
             "--steps", "3", "--batch", "2", "--crop", "4"]  # fmt: skip
 
 
-def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
+def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir, monkeypatch):
     import json
 
     common = tiny_context_args(image_dir, tiny_ckpt, tmp_path / "cache")
@@ -109,6 +109,9 @@ def test_train_context_order_and_proxy(tmp_path, tiny_ckpt, image_dir):
     res = json.loads(tuned.with_suffix(".json").read_text())
     assert [p["step"] for p in res["held_out_curve"]] == [1, 2, 3] and res["init"]["from"] == str(out)
     assert res["init"]["steps_done"] == 3  # a trained --init says how far its own run went
+    monkeypatch.setattr(train, "WEIGHTS_DIR", tmp_path)  # shipped weights: just their path
+    assert train.main([*args[:-1], str(tmp_path / "from-shipped.pt")]) == 0
+    assert "steps_done" not in json.loads((tmp_path / "from-shipped.json").read_text())["init"]
     assert res["held_out_curve"][0]["autoregressive_bits_per_latent"] > 0
     with pytest.raises(UserError, match="another context model"):
         train.main([*common, "--proxy", "--patch", "3", "--init", str(out), "--out", str(tmp_path / "p3.pt")])
