@@ -1,9 +1,16 @@
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+import os
 
-from orderopt.model import HyperpriorCodec, make_checkpoint
+# The golden digests (tests/test_golden.py) hash float outputs, and oneDNN's AVX-512 kernels round
+# differently from its AVX2 ones: pin the ISA before torch loads so that the suite's bytes are the
+# same on AVX2 and AVX-512 machines (CI runs on both).
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from orderopt.model import HyperpriorCodec, make_checkpoint  # noqa: E402
 
 torch.set_num_threads(2)
 
