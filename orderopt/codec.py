@@ -23,7 +23,7 @@ from pathlib import Path
 from . import coders, data, rans
 from . import orders as od
 from .container import PRECISIONS, sizes, unpack
-from .devices import add_device_option, torch_device
+from .devices import add_device_option, pin_portable_kernels, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .evaluate import to_uint8
 from .files import write_bytes, write_png
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pin_portable_kernels()  # before torch's first kernel: streams decode on any AVX2 machine
     args = build_parser().parse_args(argv)
     if args.command == "encode" and args.substreams is not None:
         if not 1 <= args.substreams <= 256:

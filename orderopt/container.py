@@ -180,5 +180,7 @@ def check_header(header) -> None:
     _str(header.get("device"), "device", ("cpu", "cuda"))
     if "threads" in header:
         _int(header.get("threads"), "threads", 1, MAX_THREADS)
+    if "kernels" in header:
+        _str(header.get("kernels"), "CPU kernels")
     _str(header.get("precision"), "precision", tuple(PRECISIONS))
     _int(header.get("y_crc"), "y_crc", 0, (1 << 32) - 1)

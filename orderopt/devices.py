@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 
 import torch
 
 from .errors import UserError
+
+# CPU kernels that every x86-64 machine of the last decade runs: oneDNN (convolutions) and ATen
+# (element-wise maths, reductions) pick wider vector code on AVX-512 machines, whose floats round
+# differently, so a stream coded on one machine would not decode on the other.
+PORTABLE_KERNELS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def pin_portable_kernels() -> None:
+    """Cap torch's CPU kernels at AVX2 (:data:`PORTABLE_KERNELS`) unless the environment sets
+    its own cap. It takes effect only before torch runs its first CPU kernel (both libraries
+    read the variables once), so entry points call it first; x86-64 only."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        for name, value in PORTABLE_KERNELS.items():
+            os.environ.setdefault(name, value)
+
+
+def cpu_kernels() -> str:
+    """The CPU kernels this process runs, as a stream header records them: ATen's vector
+    capability and oneDNN's ISA cap (``native``: none, the widest the CPU has)."""
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "native").upper()
+    return f"aten={torch.backends.cpu.get_cpu_capability()},onednn={onednn}"
 
 
 def torch_device(name: str = "auto", deterministic: bool = False) -> torch.device:

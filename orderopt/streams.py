@@ -24,6 +24,7 @@ from . import orders as od
 from .container import PRECISIONS, latents_crc, pack, unpack
 from .context import ContextModel
 from .decoding import Schedule
+from .devices import cpu_kernels
 from .errors import UserError
 from .model import SCALE_MIN, HyperpriorCodec, Params, mixture_bits, mixture_size
 
@@ -151,6 +152,8 @@ def encode(
         "device": device.type,
         # the CPU thread count the networks ran with: the decoder runs them with the same
         **({"threads": torch.get_num_threads()} if device.type == "cpu" else {}),
+        # and the vector kernels: AVX-512 ones round differently from AVX2 ones
+        **({"kernels": cpu_kernels()} if device.type == "cpu" else {}),
         "precision": precision,
         "y_crc": latents_crc(y_hat[0]),
     }
@@ -226,6 +229,13 @@ def _decode(header, z_words, y_words, t0, base, base_hash, context, context_meta
         raise UserError(
             f"stream was encoded with the networks on {coded_on}, and decodes exactly only there; "
             f"pass --device {coded_on}"
+        )
+    if coded_on == "cpu" and header.get("kernels", cpu_kernels()) != cpu_kernels():  # absent: older
+        raise UserError(
+            f"stream was encoded with CPU kernels {header['kernels'][:100]}, and this process runs "
+            f"{cpu_kernels()}, whose floats round differently; decode it where the encoder ran, or set "
+            "ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA to the stream's (python -m orderopt.codec pins "
+            "both to AVX2, which every x86-64 machine with AVX2 decodes)"
         )
     t = time.perf_counter()
     zlo, zhi = header["z_range"]

@@ -1,16 +1,15 @@
-import os
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
-# The golden digests (tests/test_golden.py) hash float outputs, and oneDNN's AVX-512 kernels round
-# differently from its AVX2 ones: pin the ISA before torch loads so that the suite's bytes are the
-# same on AVX2 and AVX-512 machines (CI runs on both).
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+from orderopt.devices import pin_portable_kernels
+from orderopt.model import HyperpriorCodec, make_checkpoint
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from orderopt.model import HyperpriorCodec, make_checkpoint  # noqa: E402
+# The golden digests (tests/test_golden.py) hash float outputs, and AVX-512 kernels round
+# differently from AVX2 ones: cap them at AVX2 before any test runs a kernel, so that the suite's
+# bytes are the same on AVX2 and AVX-512 machines (CI runs on both).
+pin_portable_kernels()
 
 torch.set_num_threads(2)
 

@@ -1,3 +1,5 @@
+import os
+import platform
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ from PIL import Image
 from orderopt import codec, coders, container, data, streams
 from orderopt import orders as o
 from orderopt.context import AnyOrderContext, AutoregressiveContext, MultistageContext
-from orderopt.devices import torch_device
+from orderopt.devices import cpu_kernels, torch_device
 from orderopt.errors import UserError
 from orderopt.fit import load_context, save_context
 from orderopt.model import load_model, mixture_likelihood
@@ -322,6 +324,44 @@ def test_stream_from_another_device(tmp_path, base, image):
     stream = container.pack({**header, "device": "cuda"}, z_words, y_words)
     with pytest.raises(UserError, match="--device cuda"):
         streams.decode(stream, model, meta["hash"], ctx, cmeta)
+
+
+def test_stream_from_other_cpu_kernels(tmp_path, base, image):
+    """AVX-512 kernels round differently from AVX2 ones (an AVX2 machine's stream failed to decode
+    on an AVX-512 one as 'corrupt'): a stream from other kernels is refused by name; one from
+    before the header recorded them decodes as it did."""
+    model, meta = base
+    ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
+    enc = streams.encode(image, model, meta["hash"], ctx, cmeta)
+    header, z_words, y_words = container.unpack(enc.stream)
+    assert header["kernels"] == cpu_kernels()
+    other = container.pack({**header, "kernels": "aten=AVX512,onednn=NATIVE"}, z_words, y_words)
+    with pytest.raises(UserError, match="CPU kernels aten=AVX512,onednn=NATIVE"):
+        streams.decode(other, model, meta["hash"], ctx, cmeta)
+    older = container.pack({k: v for k, v in header.items() if k != "kernels"}, z_words, y_words)
+    assert torch.equal(streams.decode(older, model, meta["hash"], ctx, cmeta).y_hat, enc.y_hat)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 kernel names")
+def test_cli_refuses_a_stream_of_other_kernels(tmp_path):
+    """End to end, with real kernels: a stream encoded with SSE4.1 kernels (set in the
+    environment, which the codec's AVX2 pin respects) is refused by a default decoder in one
+    line, and decodes where the kernels match."""
+    Image.fromarray((np.random.default_rng(2).uniform(0, 1, (64, 64, 3)) * 255).astype(np.uint8)).save(
+        tmp_path / "in.png"
+    )
+    sse = {**os.environ, "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}
+    plain = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
+
+    def run(env, *args):
+        cmd = [sys.executable, "-m", "orderopt.codec", *args, "--quality", "1"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+
+    assert run(sse, "encode", "in.png", "s.oopt", "--order", "0,1;2,3").returncode == 0
+    r = run(plain, "decode", "s.oopt", "out.png")
+    assert r.returncode == 2 and "CPU kernels aten=DEFAULT,onednn=SSE41" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert run(sse, "decode", "s.oopt", "out.png").returncode == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is present")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from orderopt.devices import device_name, torch_device
+from orderopt.devices import PORTABLE_KERNELS, cpu_kernels, device_name, pin_portable_kernels, torch_device
 from orderopt.errors import UserError
 
 
@@ -21,3 +21,16 @@ def test_bad_names_are_user_errors(name, message):
 def test_cuda_without_gpu():
     with pytest.raises(UserError, match="no CUDA GPU"):
         torch_device("cuda")
+
+
+def test_pin_portable_kernels_respects_the_environment(monkeypatch):
+    """The pin sets the AVX2 caps where the environment has none and keeps a user's own."""
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    pin_portable_kernels()
+    import os
+
+    assert os.environ["ATEN_CPU_CAPABILITY"] == PORTABLE_KERNELS["ATEN_CPU_CAPABILITY"]
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE_AMX"
+    assert cpu_kernels().endswith(",onednn=AVX512_CORE_AMX")

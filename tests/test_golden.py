@@ -5,8 +5,8 @@ A refactoring must leave these bytes alone. A change that alters them on purpose
 container version, a different rounding) re-records them with
 ``ORDEROPT_RECORD_GOLDEN=1 python -m pytest tests/test_golden.py`` and says why in its commit.
 The digests hold for one torch version and CPU family: the networks' float arithmetic
-decides the coded symbols' Gaussians. conftest.py pins oneDNN to AVX2 kernels, whose rounding
-differs from the AVX-512 ones (the search outputs' digests changed on an AVX-512 machine).
+decides the coded symbols' Gaussians. conftest.py caps oneDNN and ATen at AVX2 kernels, whose
+rounding differs from the AVX-512 ones (the search outputs' digests changed on an AVX-512 machine).
 """
 
 import hashlib
