@@ -23,7 +23,7 @@ from pathlib import Path
 from . import coders, data, rans
 from . import orders as od
 from .container import PRECISIONS, sizes, unpack
-from .devices import add_device_option, pin_portable_kernels, torch_device
+from .devices import add_device_option, parse_kernels, pin_kernels, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .evaluate import to_uint8
 from .files import write_bytes, write_png
@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="arithmetic of the context network; bfloat16 runs the batched stages of multistage "
         "models on matrix units (Intel AMX, tensor cores) several times faster, at a small rate cost "
-        "(see the README), and is slower without them; the decoder uses what the stream records",
+        "(see the README), and is slower without them; the decoder uses what the stream records. "
+        "float32 streams are coded with torch's CPU kernels capped at AVX2 (ATEN_CPU_CAPABILITY, "
+        "ONEDNN_MAX_CPU_ISA, MKL_CBWR; the environment's own win), so that they decode on other "
+        "x86-64 CPUs; bfloat16 ones keep the CPU's own and decode on the same kind of CPU only",
     )
     for q in (
         e,
@@ -110,14 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    pin_portable_kernels()  # before torch's first kernel: streams decode on any AVX2 machine
     args = build_parser().parse_args(argv)
     if args.command == "encode" and args.substreams is not None:
         if not 1 <= args.substreams <= 256:
             raise UserError("--substreams must be between 1 and 256")
         if args.coder not in (None, "rans"):
             raise UserError("--substreams applies to --coder rans only")
-    device = torch_device(args.device, deterministic=True)
+    device = torch_device(args.device, deterministic=True)  # runs no CPU kernel, nor do these two
     rans.prepare()  # load the compiled coder now, so that the times printed leave it out
     check_model_options(args)
     quality, header = args.quality, None
@@ -127,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"stream {path} does not exist")
         stream = path.read_bytes()
         header, _, _ = unpack(stream)
-        if not args.model and quality is None:
-            quality = shipped_quality(header["model"])
+    # CPU kernels, chosen before torch's first one runs: an encoder's portable ones (bfloat16 keeps
+    # the CPU's own, for its matrix units), a decoder's those its stream records (none: older)
+    if args.command == "encode" and args.precision == "float32":
+        pin_kernels()
+    elif header is not None and "kernels" in header:
+        pin_kernels(parse_kernels(header["kernels"]))
+    if header is not None and not args.model and quality is None:
+        quality = shipped_quality(header["model"])
     base, meta = load_model(args.model, quality)
     base.to(device)
     if args.command == "encode":

@@ -15,6 +15,7 @@ stream decodes on its own.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 
@@ -23,6 +24,7 @@ import torch
 
 from . import coders, data
 from . import orders as od
+from .devices import KERNELS_PATTERN
 from .errors import UserError
 
 # The version changes with the format and with the arithmetic of the stage parameters: a
@@ -122,6 +124,9 @@ def _str(value, what: str, choices: tuple[str, ...] | None = None, optional: boo
     return value
 
 
+_HASH = re.compile(r"[\w.:+-]{1,100}")
+
+
 def check_header(header) -> None:
     """Every field of a stream header has its type and range, and the fields agree: the latent
     shapes follow from the image size (itself within :func:`orderopt.data.max_pixels`), the
@@ -149,12 +154,14 @@ def check_header(header) -> None:
         raise UserError(
             f"stream header is invalid: z_range {[zlo, zhi]} is too wide for {n}×{zh}×{zw} hyper-latents"
         )
-    _str(header.get("model"), "model hash")
+    if not _HASH.fullmatch(str(_str(header.get("model"), "model hash"))):  # error messages print it
+        raise UserError(f"stream header is invalid: model hash {od._describe(header['model'])}")
     ctx = header.get("context")
     if not isinstance(ctx, dict):
         raise UserError("stream header is invalid: context is not an object")
     kind = _str(ctx.get("kind"), "context kind", _CONTEXT_KINDS)
-    _str(ctx.get("hash"), "context hash")
+    if not _HASH.fullmatch(str(_str(ctx.get("hash"), "context hash"))):
+        raise UserError(f"stream header is invalid: context hash {od._describe(ctx['hash'])}")
     _str(ctx.get("order"), "context order", optional=True)
     if ctx.get("patch") is not None:
         _int(ctx.get("patch"), "context patch", 1, MAX_PATCH)
@@ -180,7 +187,7 @@ def check_header(header) -> None:
     _str(header.get("device"), "device", ("cpu", "cuda"))
     if "threads" in header:
         _int(header.get("threads"), "threads", 1, MAX_THREADS)
-    if "kernels" in header:
-        _str(header.get("kernels"), "CPU kernels")
+    if "kernels" in header and not KERNELS_PATTERN.fullmatch(str(_str(header.get("kernels"), "CPU kernels"))):
+        raise UserError(f"stream header is invalid: CPU kernels {od._describe(header['kernels'])}")
     _str(header.get("precision"), "precision", tuple(PRECISIONS))
     _int(header.get("y_crc"), "y_crc", 0, (1 << 32) - 1)

@@ -5,31 +5,57 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 
 import torch
 
 from .errors import UserError
 
-# CPU kernels that every x86-64 machine of the last decade runs: oneDNN (convolutions) and ATen
-# (element-wise maths, reductions) pick wider vector code on AVX-512 machines, whose floats round
-# differently, so a stream coded on one machine would not decode on the other.
-PORTABLE_KERNELS = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+# The variables that choose torch's CPU kernels, whose floats round differently from one choice
+# to another: ATen's vector code (element-wise maths, reductions), oneDNN's ISA (convolutions) and
+# MKL's code path (matrix products). A stream decodes only with the kernels it was encoded with.
+KERNEL_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+# What every x86-64 machine with AVX2 runs. MKL promises the same results across Intel CPUs under
+# AVX2, and across vendors only under COMPATIBLE (several times slower products): set it to that.
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+_PAIR = rf"(?:{'|'.join(KERNEL_VARS)})=[A-Za-z0-9_,]{{1,40}}"
+KERNELS_PATTERN = re.compile(rf"{_PAIR}(?: {_PAIR}){{0,2}}")  # a header's kernels, and no other text
 
 
-def pin_portable_kernels() -> None:
-    """Cap torch's CPU kernels at AVX2 (:data:`PORTABLE_KERNELS`) unless the environment sets
-    its own cap. It takes effect only before torch runs its first CPU kernel (both libraries
-    read the variables once), so entry points call it first; x86-64 only."""
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        for name, value in PORTABLE_KERNELS.items():
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _aten_runs(value: str) -> bool:
+    """Whether this CPU can run ATen's ``value`` kernels (torch believes any value it is given,
+    and an AVX2 one on a CPU without AVX2 dies of an illegal instruction)."""
+    checks = {"avx512": torch.cpu._is_avx512_supported, "avx2": torch.cpu._is_avx2_supported}
+    return value.lower() == "default" or (value.lower() in checks and checks[value.lower()]())
+
+
+def pin_kernels(kernels: dict[str, str] | None = None) -> None:
+    """Choose torch's CPU kernels (default :data:`PORTABLE_KERNELS`; ``native`` leaves one to the
+    CPU) unless the environment has chosen them; x86-64 only. Both libraries read the variables
+    once, before their first kernel, so entry points call this first."""
+    if not _x86():
+        return
+    for name, value in (PORTABLE_KERNELS if kernels is None else kernels).items():
+        if value != "native" and (name != "ATEN_CPU_CAPABILITY" or _aten_runs(value)):
             os.environ.setdefault(name, value)
 
 
 def cpu_kernels() -> str:
-    """The CPU kernels this process runs, as a stream header records them: ATen's vector
-    capability and oneDNN's ISA cap (``native``: none, the widest the CPU has)."""
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "native").upper()
-    return f"aten={torch.backends.cpu.get_cpu_capability()},onednn={onednn}"
+    """The CPU kernels of this process as a stream header records them, ``NAME=value`` pairs:
+    ATen's capability as torch reports it, oneDNN's and MKL's as the environment caps them
+    (``native``: no cap, the CPU's widest; read when their first kernel ran)."""
+    caps = {"ATEN_CPU_CAPABILITY": torch.backends.cpu.get_cpu_capability().lower()}
+    caps.update({n: os.environ[n].upper() if n in os.environ else "native" for n in KERNEL_VARS[1:]})
+    return " ".join(f"{n}={v}" for n, v in caps.items())
+
+
+def parse_kernels(text: str) -> dict[str, str]:
+    """The ``NAME=value`` pairs of a header's kernels (checked by :data:`KERNELS_PATTERN`)."""
+    return dict(pair.split("=", 1) for pair in text.split())
 
 
 def torch_device(name: str = "auto", deterministic: bool = False) -> torch.device:

@@ -232,10 +232,10 @@ def _decode(header, z_words, y_words, t0, base, base_hash, context, context_meta
         )
     if coded_on == "cpu" and header.get("kernels", cpu_kernels()) != cpu_kernels():  # absent: older
         raise UserError(
-            f"stream was encoded with CPU kernels {header['kernels'][:100]}, and this process runs "
-            f"{cpu_kernels()}, whose floats round differently; decode it where the encoder ran, or set "
-            "ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA to the stream's (python -m orderopt.codec pins "
-            "both to AVX2, which every x86-64 machine with AVX2 decodes)"
+            f"stream was encoded with CPU kernels {header['kernels']}, and this process runs "
+            f"{cpu_kernels()}, whose floats round differently; decode it on a CPU that has the "
+            "stream's kernels, with these variables set as in the stream (python -m orderopt.codec "
+            "decode does so unless the environment sets them otherwise)"
         )
     t = time.perf_counter()
     zlo, zhi = header["z_range"]

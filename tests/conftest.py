@@ -3,13 +3,13 @@ import pytest
 import torch
 from PIL import Image
 
-from orderopt.devices import pin_portable_kernels
+from orderopt.devices import pin_kernels
 from orderopt.model import HyperpriorCodec, make_checkpoint
 
 # The golden digests (tests/test_golden.py) hash float outputs, and AVX-512 kernels round
-# differently from AVX2 ones: cap them at AVX2 before any test runs a kernel, so that the suite's
-# bytes are the same on AVX2 and AVX-512 machines (CI runs on both).
-pin_portable_kernels()
+# differently from AVX2 ones: cap ATen, oneDNN and MKL at AVX2 before any test runs a kernel, so
+# that the suite's bytes are the same on AVX2 and AVX-512 machines (CI runs on both).
+pin_kernels()
 
 torch.set_num_threads(2)
 

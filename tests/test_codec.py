@@ -329,39 +329,53 @@ def test_stream_from_another_device(tmp_path, base, image):
 def test_stream_from_other_cpu_kernels(tmp_path, base, image):
     """AVX-512 kernels round differently from AVX2 ones (an AVX2 machine's stream failed to decode
     on an AVX-512 one as 'corrupt'): a stream from other kernels is refused by name; one from
-    before the header recorded them decodes as it did."""
+    before the header recorded them decodes as it did; a crafted kernels field is refused."""
     model, meta = base
     ((ctx, cmeta),) = [c[1] for c in contexts(tmp_path)[:1]]
     enc = streams.encode(image, model, meta["hash"], ctx, cmeta)
     header, z_words, y_words = container.unpack(enc.stream)
     assert header["kernels"] == cpu_kernels()
-    other = container.pack({**header, "kernels": "aten=AVX512,onednn=NATIVE"}, z_words, y_words)
-    with pytest.raises(UserError, match="CPU kernels aten=AVX512,onednn=NATIVE"):
-        streams.decode(other, model, meta["hash"], ctx, cmeta)
+    other = "ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=native MKL_CBWR=native"
+    with pytest.raises(UserError, match=f"CPU kernels {other}, and this process runs"):
+        streams.decode(
+            container.pack({**header, "kernels": other}, z_words, y_words), model, meta["hash"], ctx, cmeta
+        )
     older = container.pack({k: v for k, v in header.items() if k != "kernels"}, z_words, y_words)
     assert torch.equal(streams.decode(older, model, meta["hash"], ctx, cmeta).y_hat, enc.y_hat)
+    for bad in ("ATEN_CPU_CAPABILITY=avx2\nerror: all is well", "PATH=/tmp", 3):
+        with pytest.raises(UserError, match="header is invalid: CPU kernels"):
+            container.unpack(container.pack({**header, "kernels": bad}, z_words, y_words))
+    with pytest.raises(UserError, match="header is invalid: model hash"):
+        container.unpack(container.pack({**header, "model": "x\ny"}, z_words, y_words))
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 kernel names")
-def test_cli_refuses_a_stream_of_other_kernels(tmp_path):
-    """End to end, with real kernels: a stream encoded with SSE4.1 kernels (set in the
-    environment, which the codec's AVX2 pin respects) is refused by a default decoder in one
-    line, and decodes where the kernels match."""
+def test_cli_decodes_with_the_streams_kernels(tmp_path):
+    """End to end, with real kernels: a stream encoded with SSE4.1/baseline kernels (set in the
+    environment, which the codec's pin respects) decodes in a plain environment, because the
+    decoder adopts the stream's kernels; where the environment forces others it is refused in
+    one line (exit 2), naming both."""
     Image.fromarray((np.random.default_rng(2).uniform(0, 1, (64, 64, 3)) * 255).astype(np.uint8)).save(
         tmp_path / "in.png"
     )
-    sse = {**os.environ, "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}
-    plain = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
+    plain = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR")
+    }
+    sse = {**plain, "ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}
 
     def run(env, *args):
         cmd = [sys.executable, "-m", "orderopt.codec", *args, "--quality", "1"]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
 
     assert run(sse, "encode", "in.png", "s.oopt", "--order", "0,1;2,3").returncode == 0
-    r = run(plain, "decode", "s.oopt", "out.png")
-    assert r.returncode == 2 and "CPU kernels aten=DEFAULT,onednn=SSE41" in r.stderr, r.stderr
+    kernels = container.unpack((tmp_path / "s.oopt").read_bytes())[0]["kernels"]
+    assert kernels == "ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_CBWR=AVX2"
+    assert run(plain, "decode", "s.oopt", "out.png").returncode == 0
+    r = run({**plain, "ONEDNN_MAX_CPU_ISA": "AVX2"}, "decode", "s.oopt", "out.png")
+    assert r.returncode == 2 and f"CPU kernels {kernels}, and this process runs" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
-    assert run(sse, "decode", "s.oopt", "out.png").returncode == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is present")

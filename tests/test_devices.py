@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from orderopt.devices import PORTABLE_KERNELS, cpu_kernels, device_name, pin_portable_kernels, torch_device
+from orderopt.devices import (
+    KERNEL_VARS,
+    KERNELS_PATTERN,
+    PORTABLE_KERNELS,
+    cpu_kernels,
+    device_name,
+    parse_kernels,
+    pin_kernels,
+    torch_device,
+)
 from orderopt.errors import UserError
 
 
@@ -23,14 +32,32 @@ def test_cuda_without_gpu():
         torch_device("cuda")
 
 
-def test_pin_portable_kernels_respects_the_environment(monkeypatch):
-    """The pin sets the AVX2 caps where the environment has none and keeps a user's own."""
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
-    pin_portable_kernels()
+def test_pin_kernels_respects_the_environment_and_the_cpu(monkeypatch):
+    """The pin sets the portable caps where the environment has none, keeps a user's own, and
+    never asks ATen for vector code this CPU lacks (torch would die of an illegal instruction)."""
     import os
 
-    assert os.environ["ATEN_CPU_CAPABILITY"] == PORTABLE_KERNELS["ATEN_CPU_CAPABILITY"]
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    for name in KERNEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: True)
+    pin_kernels()
+    assert os.environ["ATEN_CPU_CAPABILITY"] == "avx2" and os.environ["MKL_CBWR"] == "AVX2"
     assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE_AMX"
-    assert cpu_kernels().endswith(",onednn=AVX512_CORE_AMX")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: False)
+    pin_kernels(PORTABLE_KERNELS)
+    assert "ATEN_CPU_CAPABILITY" not in os.environ
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    monkeypatch.delenv("MKL_CBWR")
+    pin_kernels()
+    assert "MKL_CBWR" not in os.environ
+
+
+def test_cpu_kernels_round_trip_through_a_header():
+    text = cpu_kernels()
+    assert KERNELS_PATTERN.fullmatch(text)
+    caps = parse_kernels(text)
+    assert list(caps) == list(KERNEL_VARS)
+    assert caps["ATEN_CPU_CAPABILITY"] == torch.backends.cpu.get_cpu_capability().lower()
