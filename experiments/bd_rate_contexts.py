@@ -123,7 +123,10 @@ def main() -> None:
             bpps = [float(r["bpp"]) for r in rows]
             entry = {
                 "patch": patch,
-                "name": stem if stem.startswith("best") is False else name,
+                # the search picks at each quality: one order, or each quality's (listed below)
+                "name": name
+                if stem.startswith("best") and len({str(r["order"]) for r in rows}) == 1
+                else (f"{stem} (each quality's pick)" if stem.startswith("best") else stem),
                 "basis": rows[0]["basis"],
                 "orders": [str(r["order"]) for r in rows],
                 "bpp": bpps,
@@ -163,7 +166,12 @@ def main() -> None:
             bpps = " / ".join(f"{v:.4f}" for v in e["bpp"])
             lines.append(f"| {e['name']} | {bpps} | {c_bd} | {c_per} | {a_bd} | {a_per} |")
         lines.append("")
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(table) + 2), squeeze=False)
+        for e in (t for t in table if t["patch"] == patch and t["name"].endswith("each quality's pick)")):
+            picks = ", ".join(f"q{i + 1} `{o}`" for i, o in enumerate(e["orders"]))
+            lines += [f"The search's picks (lowest proxy rate) differ by quality: {picks}.", ""]
+    fig, axes = plt.subplots(
+        1, 3, figsize=(19, 0.45 * len(table) + 2), squeeze=False, gridspec_kw={"width_ratios": [0.8, 1, 1]}
+    )
     labels = [
         f"{e['name']} ({e['patch']}×{e['patch']} run)"
         if not e["name"].startswith(("best", "paper", "TinyLIC"))
@@ -171,7 +179,17 @@ def main() -> None:
         for e in table
     ]
     y = np.arange(len(table))
-    for ax, b in zip(axes[0], ("checkerboard", "autoregressive"), strict=True):
+    # the rate-distortion curves: a schedule moves a quality's point along the rate axis only
+    rd = axes[0][0]
+    for i, (e, label) in enumerate(zip(table, labels, strict=True)):
+        style = "-" if e["patch"] == 2 else "--"
+        rd.plot(e["bpp"], e["psnr"], style, marker="o", ms=3, lw=1, color=plt.cm.tab20(i % 20), label=label)
+    rd.set_xlabel("bits per pixel (ŷ and ẑ)")
+    rd.set_ylabel("PSNR (dB)")
+    rd.set_title("rate–distortion (solid: 2×2 runs, dashed: 4×4)", fontsize=9)
+    rd.grid(alpha=0.3)
+    rd.legend(fontsize=6, loc="lower right")
+    for ax, b in zip(axes[0][1:], ("checkerboard", "autoregressive"), strict=True):
         vals = [e[f"bd_rate_vs_{b}_pct"] if e[f"bd_rate_vs_{b}_pct"] is not None else np.nan for e in table]
         ax.barh(y, vals, color="0.75", label="BD-rate over q1–q3")
         for i, e in enumerate(table):

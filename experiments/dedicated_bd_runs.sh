@@ -24,11 +24,9 @@ BSDS=${1:-../shared/datasets/bsds500}
 STEPS=${STEPS:-500}
 JOBS=${JOBS:-2}
 PATCHES=${PATCHES:-2 4}
-all=()
 QUALITIES=${QUALITIES:-1 2 3}
 TABLE_FRACTION=${TABLE_FRACTION:-0.015625}
 for K in $PATCHES; do
-  runs=()
   for Q in $QUALITIES; do
     LAT=checkpoints/context-q$Q  # shared with experiments/converge_context.sh
     mkdir -p "$LAT"
@@ -53,10 +51,15 @@ sys.exit(not (c["converged"] and r["init"]["from"] == sys.argv[2] and start - c[
     python -m orderopt.search --quality "$Q" --patch "$K" --strategy dp "${FRACTION[@]}" --latents "$LAT/val_latents.pt" \
         --proxy "$PROXY" --verify 1 --train-latents "$LAT/train_latents.pt" --verify-steps "$STEPS" \
         --verify-init proxy --seed 0 --jobs "$JOBS" --dedicated-dir "checkpoints/dedicated-bd-q$Q" --out "$OUT"
-    runs+=("$OUT")
   done
-  all+=(--runs "${runs[@]}")
 done
 [ "$(echo $QUALITIES | tr ' ' '\n' | sort -u | tr '\n' ' ')" = "1 2 3 " ] || {
   echo "the BD-rate table needs qualities 1 2 3; made the runs of $QUALITIES only" >&2; exit 0; }
+# The table holds every patch size whose three runs exist, not only the ones made by this call.
+all=()
+for K in 2 4; do
+  runs=(results/search-patch$K-q{1,2,3}-bsdsval-dedicated)
+  [ -f "${runs[0]}/manifest.json" ] && [ -f "${runs[1]}/manifest.json" ] && [ -f "${runs[2]}/manifest.json" ] \
+    && all+=(--runs "${runs[@]}")
+done
 python experiments/bd_rate_contexts.py "${all[@]}" --images "$BSDS/val" --stem bd_rate_contexts_dedicated

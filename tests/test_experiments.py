@@ -543,6 +543,10 @@ def test_bd_rate_contexts_of_the_committed_quality_runs(photo_dir, tmp_path, mon
         assert mine["checkerboard"]["bd_rate_vs_checkerboard_pct"] == pytest.approx(0, abs=1e-6)
         assert mine["autoregressive"]["bd_rate_vs_autoregressive_pct"] == pytest.approx(0, abs=1e-6)
         assert mine["hyperprior"]["bd_rate_vs_checkerboard_pct"] > 0  # no context costs bits
+        best = mine[f"best {k}×{k}"]  # one order named, or each quality's pick listed
+        several = len(set(best["orders"])) > 1
+        assert best["name"].endswith("each quality's pick)") == several
+        assert (f"q3 `{best['orders'][2]}`" in text) == several
         for r in mine.values():
             assert r["psnr"] == psnr and len(r["orders"]) == 3 and all(0 < b < 2 for b in r["bpp"])
             for b in ("checkerboard", "autoregressive"):
