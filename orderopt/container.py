@@ -124,7 +124,7 @@ def _str(value, what: str, choices: tuple[str, ...] | None = None, optional: boo
     return value
 
 
-_HASH = re.compile(r"[\w.:+-]{1,100}")
+_HASH = re.compile(r"[^\x00-\x1f\x7f]{1,100}")  # printable: error messages print it
 
 
 def check_header(header) -> None:

@@ -203,22 +203,28 @@ def shipped_name(kind: str, patch: int | None = None, mixture: int = 1) -> str:
     return stem if mixture == 1 else f"{stem}_mix{mixture}"
 
 
+def shipped_proxy(patch: int, quality: int | None, mixture: int = 1) -> Path:
+    """The shipped any-order proxy's file, or a one-line error naming how to train one (callers
+    check it before they compute anything)."""
+    shipped = shipped_weights(shipped_name("anyorder", patch, mixture), quality)
+    if not shipped.is_file():
+        what = f"proxy for patch {patch}" + (f" with {mixture} mixture components" if mixture > 1 else "")
+        option = f" --mixture {mixture}" if mixture > 1 else ""
+        raise UserError(
+            f"no shipped {what} (quality {quality or 'default'}); train one with `python -m "
+            f"orderopt.train context --proxy --patch {patch}{option} "
+            "--train-images DIR --out P.pt` and pass --proxy P.pt"
+        )
+    return shipped
+
+
 def load_proxy(path: str | Path | None, patch: int, quality: int | None, lat: LatentSet, mixture: int = 1):
     """The any-order proxy of ``patch`` that rates ``lat``: the checkpoint ``path``, else the
     shipped one of ``quality`` with ``mixture`` components, which belongs to the shipped model only."""
     if path:
         proxy, meta = load_context(path)
     else:
-        shipped = shipped_weights(shipped_name("anyorder", patch, mixture), quality)
-        if not shipped.is_file():
-            what = f"proxy for patch {patch}" + (f" with {mixture} mixture components" if mixture > 1 else "")
-            option = f" --mixture {mixture}" if mixture > 1 else ""
-            raise UserError(
-                f"no shipped {what} (quality {quality or 'default'}); train one with `python -m "
-                f"orderopt.train context --proxy --patch {patch}{option} "
-                "--train-images DIR --out P.pt` and pass --proxy P.pt"
-            )
-        proxy, meta = load_context(shipped)
+        proxy, meta = load_context(shipped_proxy(patch, quality, mixture))
         if meta.get("model_hash") != lat.model_hash:
             raise UserError(
                 f"the shipped proxy belongs to the shipped model, not to model {lat.model_hash}; train a "

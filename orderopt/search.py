@@ -38,7 +38,7 @@ from .costs import CostTable, ProxyOracle
 from .devices import add_device_option, device_name, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .files import check_writable, write_json
-from .fit import load_proxy
+from .fit import load_proxy, shipped_proxy
 from .latents import LatentSet, held_out_latents
 from .model import add_model_options, check_model_options
 from .results import (
@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         print_table(df)
         return 0
     check_writable(out / "manifest.json")  # the folder itself is made by the first write, after the checks
+    if not args.proxy:
+        shipped_proxy(args.patch, args.quality, args.mixture)  # before the latents are computed
     t0 = time.time()
     lat, inputs = held_out_latents(args.latents, args.model, args.quality, args.images, args.cache_dir)
     h, w = lat.min_size
