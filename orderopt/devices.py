@@ -15,10 +15,12 @@ from .errors import UserError
 # to another: ATen's vector code (element-wise maths, reductions), oneDNN's ISA (convolutions) and
 # MKL's code path (matrix products). A stream decodes only with the kernels it was encoded with.
 KERNEL_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+# their short names in a stream header, which records only the ones that are set
+SHORT_NAMES = dict(zip(("aten", "onednn", "mkl"), KERNEL_VARS, strict=True))
 # What every x86-64 machine with AVX2 runs. MKL promises the same results across Intel CPUs under
 # AVX2, and across vendors only under COMPATIBLE (several times slower products): set it to that.
 PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
-_PAIR = rf"(?:{'|'.join(KERNEL_VARS)})=[A-Za-z0-9_,]{{1,40}}"
+_PAIR = rf"(?:{'|'.join(SHORT_NAMES)})=[A-Za-z0-9_,]{{1,40}}"
 KERNELS_PATTERN = re.compile(rf"{_PAIR}(?: {_PAIR}){{0,2}}")  # a header's kernels, and no other text
 
 
@@ -34,28 +36,28 @@ def _aten_runs(value: str) -> bool:
 
 
 def pin_kernels(kernels: dict[str, str] | None = None) -> None:
-    """Choose torch's CPU kernels (default :data:`PORTABLE_KERNELS`; ``native`` leaves one to the
-    CPU) unless the environment has chosen them; x86-64 only. Both libraries read the variables
-    once, before their first kernel, so entry points call this first."""
+    """Choose torch's CPU kernels, variable by variable (default :data:`PORTABLE_KERNELS`; one
+    left out stays the CPU's own) unless the environment has chosen them; x86-64 only. Both
+    libraries read the variables once, before their first kernel, so entry points call this first."""
     if not _x86():
         return
     for name, value in (PORTABLE_KERNELS if kernels is None else kernels).items():
-        if value != "native" and (name != "ATEN_CPU_CAPABILITY" or _aten_runs(value)):
+        if name != "ATEN_CPU_CAPABILITY" or _aten_runs(value):
             os.environ.setdefault(name, value)
 
 
 def cpu_kernels() -> str:
-    """The CPU kernels of this process as a stream header records them, ``NAME=value`` pairs:
-    ATen's capability as torch reports it, oneDNN's and MKL's as the environment caps them
-    (``native``: no cap, the CPU's widest; read when their first kernel ran)."""
-    caps = {"ATEN_CPU_CAPABILITY": torch.backends.cpu.get_cpu_capability().lower()}
-    caps.update({n: os.environ[n].upper() if n in os.environ else "native" for n in KERNEL_VARS[1:]})
-    return " ".join(f"{n}={v}" for n, v in caps.items())
+    """The CPU kernels of this process as a stream header records them, short ``name=value``
+    pairs (:data:`SHORT_NAMES`): ATen's capability as torch reports it, oneDNN's and MKL's caps
+    where the environment sets them (read when their first kernel ran; absent: the CPU's own)."""
+    caps = {"aten": torch.backends.cpu.get_cpu_capability().lower()}
+    caps.update({k: os.environ[n].upper() for k, n in list(SHORT_NAMES.items())[1:] if os.environ.get(n)})
+    return " ".join(f"{k}={v}" for k, v in caps.items())
 
 
 def parse_kernels(text: str) -> dict[str, str]:
-    """The ``NAME=value`` pairs of a header's kernels (checked by :data:`KERNELS_PATTERN`)."""
-    return dict(pair.split("=", 1) for pair in text.split())
+    """The variables of a header's kernels (checked by :data:`KERNELS_PATTERN`), by full name."""
+    return {SHORT_NAMES[k]: v for k, v in (pair.split("=", 1) for pair in text.split())}
 
 
 def torch_device(name: str = "auto", deterministic: bool = False) -> torch.device:

@@ -234,8 +234,9 @@ def _decode(header, z_words, y_words, t0, base, base_hash, context, context_meta
         raise UserError(
             f"stream was encoded with CPU kernels {header['kernels']}, and this process runs "
             f"{cpu_kernels()}, whose floats round differently; decode it on a CPU that has the "
-            "stream's kernels, with these variables set as in the stream (python -m orderopt.codec "
-            "decode does so unless the environment sets them otherwise)"
+            "stream's kernels, with ATEN_CPU_CAPABILITY (aten), ONEDNN_MAX_CPU_ISA (onednn) and MKL_CBWR "
+            "(mkl) as in the stream (python -m orderopt.codec decode sets them unless the environment "
+            "has)"
         )
     t = time.perf_counter()
     zlo, zhi = header["z_range"]

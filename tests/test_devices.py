@@ -1,3 +1,5 @@
+import platform
+
 import pytest
 import torch
 
@@ -58,6 +60,8 @@ def test_pin_kernels_respects_the_environment_and_the_cpu(monkeypatch):
 def test_cpu_kernels_round_trip_through_a_header():
     text = cpu_kernels()
     assert KERNELS_PATTERN.fullmatch(text)
-    caps = parse_kernels(text)
-    assert list(caps) == list(KERNEL_VARS)
+    caps = parse_kernels(text)  # on x86-64 the suite pins all three (conftest.py)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert set(caps) == set(KERNEL_VARS) and caps["MKL_CBWR"] == "AVX2"
     assert caps["ATEN_CPU_CAPABILITY"] == torch.backends.cpu.get_cpu_capability().lower()
+    assert parse_kernels("aten=avx512") == {"ATEN_CPU_CAPABILITY": "avx512"}
