@@ -121,12 +121,12 @@ def main() -> None:
             stem = name.split(" (")[0]
             rows = [next(r for m, r in rq.items() if m.split(" (")[0] == stem) for rq in per_q]
             bpps = [float(r["bpp"]) for r in rows]
+            label = name if stem.startswith("best") else stem  # the best row names its order
+            if stem.startswith("best") and len({str(r["order"]) for r in rows}) > 1:
+                label = f"{stem} (each quality's pick)"  # the picks are listed below the table
             entry = {
                 "patch": patch,
-                # the search picks at each quality: one order, or each quality's (listed below)
-                "name": name
-                if stem.startswith("best") and len({str(r["order"]) for r in rows}) == 1
-                else (f"{stem} (each quality's pick)" if stem.startswith("best") else stem),
+                "name": label,
                 "basis": rows[0]["basis"],
                 "orders": [str(r["order"]) for r in rows],
                 "bpp": bpps,
@@ -166,7 +166,11 @@ def main() -> None:
             bpps = " / ".join(f"{v:.4f}" for v in e["bpp"])
             lines.append(f"| {e['name']} | {bpps} | {c_bd} | {c_per} | {a_bd} | {a_per} |")
         lines.append("")
-        for e in (t for t in table if t["patch"] == patch and t["name"].endswith("each quality's pick)")):
+        for e in (
+            t
+            for t in table
+            if t["patch"] == patch and t["name"].startswith("best") and len(set(t["orders"])) > 1
+        ):
             picks = ", ".join(f"q{i + 1} `{o}`" for i, o in enumerate(e["orders"]))
             lines += [f"The search's picks (lowest proxy rate) differ by quality: {picks}.", ""]
     fig, axes = plt.subplots(

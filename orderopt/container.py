@@ -115,16 +115,27 @@ def _ints(value, n: int, what: str, lo: int, hi: int) -> list[int]:
     return [_int(v, what, lo, hi) for v in value]
 
 
-def _str(value, what: str, choices: tuple[str, ...] | None = None, optional: bool = False) -> str | None:
+def _str(
+    value,
+    what: str,
+    choices: tuple[str, ...] | None = None,
+    optional: bool = False,
+    pattern: re.Pattern | None = None,
+) -> str | None:
     if optional and value is None:
         return None
-    if not isinstance(value, str) or (choices is not None and value not in choices) or len(value) > 10_000:
-        want = f"one of {', '.join(choices)}" if choices else "a string"
+    if (
+        not isinstance(value, str)
+        or (choices is not None and value not in choices)
+        or (pattern is not None and not pattern.fullmatch(value))
+        or len(value) > 10_000
+    ):
+        want = f"one of {', '.join(choices)}" if choices else "a string" if pattern is None else "well formed"
         raise UserError(f"stream header is invalid: {what} is {od._describe(value)}, not {want}")
     return value
 
 
-_HASH = re.compile(r"[^\x00-\x1f\x7f]{1,100}")  # printable: error messages print it
+_HASH = re.compile(r"[^\x00-\x1f\x7f]{1,100}")  # printable text: error messages print hashes
 
 
 def check_header(header) -> None:
@@ -154,14 +165,12 @@ def check_header(header) -> None:
         raise UserError(
             f"stream header is invalid: z_range {[zlo, zhi]} is too wide for {n}×{zh}×{zw} hyper-latents"
         )
-    if not _HASH.fullmatch(str(_str(header.get("model"), "model hash"))):  # error messages print it
-        raise UserError(f"stream header is invalid: model hash {od._describe(header['model'])}")
+    _str(header.get("model"), "model hash", pattern=_HASH)
     ctx = header.get("context")
     if not isinstance(ctx, dict):
         raise UserError("stream header is invalid: context is not an object")
     kind = _str(ctx.get("kind"), "context kind", _CONTEXT_KINDS)
-    if not _HASH.fullmatch(str(_str(ctx.get("hash"), "context hash"))):
-        raise UserError(f"stream header is invalid: context hash {od._describe(ctx['hash'])}")
+    _str(ctx.get("hash"), "context hash", pattern=_HASH)
     _str(ctx.get("order"), "context order", optional=True)
     if ctx.get("patch") is not None:
         _int(ctx.get("patch"), "context patch", 1, MAX_PATCH)
@@ -187,7 +196,7 @@ def check_header(header) -> None:
     _str(header.get("device"), "device", ("cpu", "cuda"))
     if "threads" in header:
         _int(header.get("threads"), "threads", 1, MAX_THREADS)
-    if "kernels" in header and not KERNELS_PATTERN.fullmatch(str(_str(header.get("kernels"), "CPU kernels"))):
-        raise UserError(f"stream header is invalid: CPU kernels {od._describe(header['kernels'])}")
+    if "kernels" in header:
+        _str(header.get("kernels"), "CPU kernels", pattern=KERNELS_PATTERN)
     _str(header.get("precision"), "precision", tuple(PRECISIONS))
     _int(header.get("y_crc"), "y_crc", 0, (1 << 32) - 1)

@@ -14,9 +14,9 @@ from .errors import UserError
 # The variables that choose torch's CPU kernels, whose floats round differently from one choice
 # to another: ATen's vector code (element-wise maths, reductions), oneDNN's ISA (convolutions) and
 # MKL's code path (matrix products). A stream decodes only with the kernels it was encoded with.
-KERNEL_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
-# their short names in a stream header, which records only the ones that are set
-SHORT_NAMES = dict(zip(("aten", "onednn", "mkl"), KERNEL_VARS, strict=True))
+# By their short names in a stream header, which records only the ones that are set.
+SHORT_NAMES = {"aten": "ATEN_CPU_CAPABILITY", "onednn": "ONEDNN_MAX_CPU_ISA", "mkl": "MKL_CBWR"}
+KERNEL_VARS = tuple(SHORT_NAMES.values())
 # What every x86-64 machine with AVX2 runs. MKL promises the same results across Intel CPUs under
 # AVX2, and across vendors only under COMPATIBLE (several times slower products): set it to that.
 PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}

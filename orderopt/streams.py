@@ -230,10 +230,11 @@ def _decode(header, z_words, y_words, t0, base, base_hash, context, context_meta
             f"stream was encoded with the networks on {coded_on}, and decodes exactly only there; "
             f"pass --device {coded_on}"
         )
-    if coded_on == "cpu" and header.get("kernels", cpu_kernels()) != cpu_kernels():  # absent: older
+    mine = cpu_kernels() if coded_on == "cpu" else None
+    if header.get("kernels", mine) != mine:  # absent: an older stream, or one coded on a GPU
         raise UserError(
             f"stream was encoded with CPU kernels {header['kernels']}, and this process runs "
-            f"{cpu_kernels()}, whose floats round differently; decode it on a CPU that has the "
+            f"{mine}, whose floats round differently; decode it on a CPU that has the "
             "stream's kernels, with ATEN_CPU_CAPABILITY (aten), ONEDNN_MAX_CPU_ISA (onednn) and MKL_CBWR "
             "(mkl) as in the stream (python -m orderopt.codec decode sets them unless the environment "
             "has)"
