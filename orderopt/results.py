@@ -512,18 +512,33 @@ def settings_key(args) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def finished_candidates(out: Path, key: str) -> pd.DataFrame | None:
-    """The candidates of the finished run in ``out`` made with settings ``key``, else None."""
+def finished_run(out: Path, key: str) -> tuple[pd.DataFrame, dict] | None:
+    """The candidates and manifest of the finished run in ``out`` made with settings ``key``,
+    else None. The settings are the arguments only: whether its inputs are still the same is
+    :func:`changed_inputs`'s question."""
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
         return None
     try:
         m = json.loads(manifest_path.read_text())
         if m.get("status") == "complete" and m.get("settings_key") == key:
-            return pd.read_csv(out / "candidates.csv")
+            return pd.read_csv(out / "candidates.csv"), m
     except (ValueError, AttributeError, OSError, pd.errors.ParserError) as err:
         raise UserError(f"run files in {out} are damaged ({err}); pass --force to recompute") from None
     return None
+
+
+def changed_inputs(manifest: dict, identity: dict[str, str | None]) -> list[str]:
+    """The entries of ``identity`` (hashes of the base model, images, proxy and shipped
+    autoregressive model a run rates) that differ from those the finished run recorded: the
+    same arguments name other inputs once a file behind a path changes (a retrained proxy, new
+    shipped weights, other images in the folder). Manifests from before the ``identity`` record
+    are compared on the hashes they hold (base model and proxy)."""
+    old = manifest.get("identity")
+    if not isinstance(old, dict):
+        proxy = manifest.get("proxy") or {}
+        old = {"model_hash": manifest.get("model_hash"), "proxy_hash": proxy.get("hash")}
+    return [k for k, v in identity.items() if k in old and old[k] != v]
 
 
 def versions() -> dict[str, str]:

@@ -38,14 +38,15 @@ from .costs import CostTable, ProxyOracle
 from .devices import add_device_option, device_name, torch_device
 from .errors import HelpFormatter, OneLineErrorParser, UserError, number, run_cli
 from .files import check_writable, write_json
-from .fit import load_proxy, shipped_proxy
+from .fit import load_proxy, measure, shipped_proxy
 from .latents import LatentSet, held_out_latents
 from .model import add_model_options, check_model_options
 from .results import (
     Bootstrap,
     candidate_rows,
+    changed_inputs,
     dedicated_summary,
-    finished_candidates,
+    finished_run,
     frontier_table,
     latent_summary,
     print_table,
@@ -209,12 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch_device(args.device)
     out = Path(args.out or f"runs/patch{args.patch}-{strategy}")
     key = settings_key(args)
-    df = None if args.force else finished_candidates(out, key)
-    if df is not None:
-        print(f"reusing the finished run in {out} (--force to recompute)")
-        print_table(df)
-        return 0
-    check_writable(out / "manifest.json")  # the folder itself is made by the first write, after the checks
+    finished = None if args.force else finished_run(out, key)
+    # the folder itself is made by the first write, after the checks (a finished run's own
+    # check waits for its inputs: it is reused when they are the same)
+    if finished is None:
+        check_writable(out / "manifest.json")
     if not args.proxy:
         shipped_proxy(args.patch, args.quality, args.mixture)  # before the latents are computed
     t0 = time.time()
@@ -223,6 +223,24 @@ def main(argv: list[str] | None = None) -> int:
     if h < args.patch or w < args.patch:
         raise UserError(f"latents of {h}×{w} are smaller than the {args.patch}×{args.patch} patch")
     proxy, proxy_meta = load_proxy(args.proxy, args.patch, args.quality, lat, args.mixture)
+    ar = shipped_autoregressive(lat.model_hash, args.quality)
+    identity = {
+        "model_hash": lat.model_hash,
+        "images_hash": lat.images_hash,
+        "proxy_hash": proxy_meta["hash"],
+        "autoregressive_hash": ar[1]["hash"] if ar else None,
+    }
+    if finished is not None:
+        changed = changed_inputs(finished[1], identity)
+        if not changed:
+            print(f"reusing the finished run in {out} (--force to recompute)")
+            print_table(finished[0])
+            return 0
+        names = ", ".join(c.removesuffix("_hash").replace("_", " ") for c in changed)
+        print(
+            f"the finished run in {out} rated other inputs ({names} changed): recomputing it", file=sys.stderr
+        )
+        check_writable(out / "manifest.json")
     costs_path = out / "costs.npz"
     meta = {"model_hash": lat.model_hash, "images_hash": lat.images_hash, "proxy_hash": proxy_meta["hash"]}
     table = open_table(ProxyOracle(proxy, lat, device=device), meta, args.patch, costs_path, args.force)
@@ -257,9 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     table.save(costs_path)
     held_out_path = str(args.latents or inputs["latent_cache"])
     dedicated = verify(args, found, table, lat, held_out_path, out, device) if args.verify else {}
-    ded_ar = shipped_autoregressive(lat, args.quality)
-    if ded_ar is not None and "autoregressive" not in dedicated:
-        dedicated["autoregressive"] = ded_ar
+    if ar is not None and "autoregressive" not in dedicated:
+        dedicated["autoregressive"] = measure(ar[0], lat)
     boot = Bootstrap(resamples=args.bootstrap, seed=args.seed)
     df = candidate_rows(args.patch, table, found, lat, dedicated, boot)
     write_csv(df, out / "candidates.csv")
@@ -271,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings_key": key,
         "arguments": vars(args),
         **inputs,
+        "identity": identity,
         "proxy": proxy_meta,
         "latents": latent_summary(lat, table),
         "seeds": {"search": args.seed, "verify": args.seed, "bootstrap": args.seed},

@@ -167,15 +167,14 @@ def dedicated_objective(args, lat: LatentSet):
     return lambda order: dedicated_rate(order, train, lat, cfg, progress=False, init=init)["bits"]
 
 
-def shipped_autoregressive(lat: LatentSet, quality: int | None) -> dict | None:
-    """Held-out rate of the shipped autoregressive model when it belongs to these latents."""
+def shipped_autoregressive(model_hash: str, quality: int | None) -> tuple | None:
+    """The shipped autoregressive model (model, meta) of ``quality`` when it belongs to the base
+    model ``model_hash``, else None; :func:`measure` gives its held-out rate."""
     path = shipped_weights("autoregressive", quality)
     if not path.is_file():
         return None
     model, meta = load_context(path)
-    if meta.get("model_hash") != lat.model_hash:
-        return None
-    return measure(model, lat)
+    return (model, meta) if meta.get("model_hash") == model_hash else None
 
 
 def verify_specs(k: int, found: dict, table: CostTable, n_best: int) -> dict[str, od.DecodingOrder | str]:

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,6 +95,44 @@ def test_patch2_exhaustive_run(setup, capsys):
     capsys.readouterr()
     assert search.main(["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(out)]) == 0
     assert "reusing the finished run" in capsys.readouterr().out
+
+
+def test_finished_run_is_recomputed_when_its_inputs_change(setup, capsys):
+    """The same arguments reuse a finished run only while the files behind them are the same: a
+    proxy retrained to the same path (or new shipped weights) and other images are recomputed."""
+    from orderopt.fit import load_context, save_context
+
+    tmp, common, proxies = setup
+    out, proxy = tmp / "run", tmp / "mine.pt"
+    proxy.write_bytes(proxies[2].read_bytes())
+    args = ["--patch", "2", *common, "--proxy", str(proxy), "--out", str(out)]
+    assert search.main(args) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["identity"]["proxy_hash"] == first["proxy"]["hash"]
+    model, meta = load_context(proxy)
+    with __import__("torch").no_grad():
+        next(model.parameters()).add_(0.5)  # "retrained"
+    save_context(model, proxy, {k: v for k, v in meta.items() if k not in ("format", "version", "hash")})
+    capsys.readouterr()
+    assert search.main(args) == 0
+    printed = capsys.readouterr()
+    assert "reusing" not in printed.out and "proxy changed" in printed.err
+    second = json.loads((out / "manifest.json").read_text())
+    assert (
+        second["identity"]["proxy_hash"] == load_context(proxy)[1]["hash"] != first["identity"]["proxy_hash"]
+    )
+    assert search.main(args) == 0 and "reusing the finished run" in capsys.readouterr().out
+    # other images in the same folder
+    images = Path(common[common.index("--images") + 1])
+    victim = sorted(images.iterdir())[0]
+    victim.write_bytes(sorted(images.iterdir())[1].read_bytes())
+    assert search.main(args) == 0
+    assert "images changed" in capsys.readouterr().err
+    # a manifest from before the identity record is judged on the hashes it has
+    legacy = json.loads((out / "manifest.json").read_text())
+    del legacy["identity"]
+    (out / "manifest.json").write_text(json.dumps(legacy))
+    assert search.main(args) == 0 and "reusing the finished run" in capsys.readouterr().out
 
 
 def test_stages_budget_on_3x3(setup, capsys):
