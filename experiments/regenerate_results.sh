@@ -47,6 +47,14 @@ python -m orderopt.search --quality 2 --patch 2 --latents checkpoints/context-q2
     --dedicated-dir checkpoints/dedicated-curve-q2-bsdsval --out results/search-patch2-bsdsval-verify-curve
 python experiments/dedicated_stability.py results/search-patch2-bsdsval-verify-curve \
     --out results/dedicated_stability_patch2
+# the same for 4x4 (the converged 4x4 proxy, its DP pick and the other candidates; ~3 h on 2 cores)
+python -m orderopt.search --quality 2 --patch 4 --strategy dp --table-fraction 0.015625 \
+    --latents checkpoints/context-q2/val_latents.pt --proxy experiments/weights/converged/q2_proxy_k4.pt \
+    --verify 1 --train-latents checkpoints/context-q2/train_latents.pt --verify-steps 2000 --verify-curve 250 \
+    --verify-init proxy --seed 0 --jobs 2 --dedicated-dir checkpoints/dedicated-curve-q2-k4-bsdsval \
+    --out results/search-patch4-bsdsval-verify-curve
+python experiments/dedicated_stability.py results/search-patch4-bsdsval-verify-curve \
+    --out results/dedicated_stability_patch4
 python experiments/bench_base_step.py --out results
 # the shipped model's runs on one basis (embedded photographs and wikiphotos), the proxies'
 # baseline gaps (previous model's protocol), then the three qualities' runs, BD-rates, base

@@ -103,6 +103,7 @@ class HeldOut:
     identity: str = ""  # of the held-out set: a plateau run resumes only on the same one
     curve: list[dict] = field(default_factory=list)
     steps_run: int = 0  # set by fit_context: where training stopped
+    train_since: float | None = None  # set by fit_context: training rate since the last point
 
     def rule(self) -> dict | None:
         """What a resumed plateau run must share: the plateau's settings, what it watches, how
@@ -306,6 +307,9 @@ def fit_context(
     plateau = held_out.plateau if held_out is not None else None
     rule = held_out.rule() if held_out is not None else None
     lowest_state: dict | None = None  # weights at the plateau's lowest held-out value
+    # the training crops' mean rate since the last curve point: beside the held-out rate it tells
+    # overfitting (train falls, held-out rises) from a too-high learning rate (both rise)
+    train_sum, train_n = 0.0, 0
     if checkpoint is not None and checkpoint.is_file():
         # weights only (never unpickles code), with every key a context model needs
         d = load_versioned(checkpoint, FORMAT, VERSION, "context checkpoint", required=("state_dict",))
@@ -325,6 +329,7 @@ def fit_context(
             rng.bit_generator.state = ts["rng"]
             torch.set_rng_state(ts["torch_rng"])
             step = ts["step"]
+            train_sum, train_n = ts.get("train_sum", 0.0), ts.get("train_n", 0)
             if held_out is not None:
                 held_out.curve[:] = ts.get("curve", [])
             if plateau is not None:
@@ -341,6 +346,8 @@ def fit_context(
                 "crop_rng": crops.rng.bit_generator.state,
                 "rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
+                "train_sum": train_sum,
+                "train_n": train_n,
             }
             if held_out is not None:
                 state["curve"] = held_out.curve
@@ -350,8 +357,11 @@ def fit_context(
 
     def measure_held_out() -> bool:
         """Adds a curve point; True when the plateau says stop."""
-        nonlocal lowest_state
+        nonlocal lowest_state, train_sum, train_n
         point = {"step": step, **held_out.evaluate()}
+        if train_n:
+            point["train_bits_per_latent"] = train_sum / train_n
+        train_sum, train_n = 0.0, 0
         held_out.curve.append(point)
         model.train()
         if plateau is None:
@@ -387,6 +397,7 @@ def fit_context(
         loss.backward()
         opt.step()
         step += 1
+        train_sum, train_n = train_sum + float(loss.detach()), train_n + 1
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(bits=f"{float(loss.detach()):.4f}")
@@ -402,6 +413,7 @@ def fit_context(
     save()
     if held_out is not None:
         held_out.steps_run = step
+        held_out.train_since = train_sum / train_n if train_n else None
     return model.eval()
 
 

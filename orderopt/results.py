@@ -452,6 +452,11 @@ class Run:
         """How the run's dedicated models were trained, in words."""
         a = self.manifest.get("arguments", {})
         start = "fine-tuned from the proxy" if a.get("verify_init") == "proxy" else "trained from scratch"
+        if a.get("verify_early_stop"):
+            return (
+                f"{start}, stopped early on a tenth of the training images (measured every "
+                f"{a['verify_early_stop']} steps, at most {a.get('verify_steps', '?')})"
+            )
         return f"{start}, {a.get('verify_steps', '?')} steps each"
 
     def paper(self) -> str | None:
@@ -476,6 +481,7 @@ SETTINGS = (
     "verify_init",
     "verify_lr",
     "verify_curve",
+    "verify_early_stop",
     "seed",
     "bootstrap",
     "train_images",
@@ -487,7 +493,7 @@ SETTINGS = (
 )
 # options added after finished runs existed, with their defaults: left out of the key at the
 # default, so that the same command still reuses those runs
-ADDED_LATER = {"mixture": 1, "verify_curve": 0}
+ADDED_LATER = {"mixture": 1, "verify_curve": 0, "verify_early_stop": 0}
 # what the manifest keeps of each dedicated model's record
 DEDICATED_KEYS = (
     "bits_per_latent",
@@ -499,6 +505,9 @@ DEDICATED_KEYS = (
     "init",
     "device",
     "held_out_curve",
+    "stop_curve",
+    "stopped_at",
+    "steps_run",
 )
 
 

@@ -192,6 +192,12 @@ def check_arguments(args) -> str:
         )
     if args.verify_curve and not args.verify:
         raise UserError("--verify-curve measures dedicated models: give --verify N as well")
+    if args.verify_early_stop and not args.verify:
+        raise UserError("--verify-early-stop stops dedicated models: give --verify N as well")
+    if args.verify_curve and args.verify_early_stop:
+        raise UserError(
+            "--verify-curve and --verify-early-stop each measure a curve during training; give one"
+        )
     if args.verify_curve > args.verify_steps:
         raise UserError(
             f"--verify-curve {args.verify_curve} is longer than --verify-steps {args.verify_steps}: "

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,7 +27,7 @@ from .context import AnyOrderContext, dedicated, init_from_proxy
 from .costs import CostTable
 from .errors import UserError, number
 from .files import write_json
-from .fit import FitConfig, HeldOut, fit_context, load_context, measure
+from .fit import FitConfig, HeldOut, Plateau, fit_context, load_context, measure
 from .latents import LatentSet, cached_latents, load_latents
 from .model import load_model, shipped_weights
 
@@ -41,6 +42,7 @@ def dedicated_rate(
     init: AnyOrderContext | None = None,
     device: str | torch.device = "cpu",
     curve_every: int = 0,
+    early_stop: int = 0,
 ) -> dict:
     """Train the dedicated context model of ``spec`` (an order, or ``"autoregressive"``) on
     ``train`` with ``config`` (a :class:`~orderopt.fit.FitConfig`) and measure ``held_out``.
@@ -50,9 +52,17 @@ def dedicated_rate(
     weights (:func:`orderopt.context.init_from_proxy`) instead of a random initialisation, and
     the result also has ``start_bits_per_latent``, the held-out rate before training. With
     ``curve_every`` > 0 the held-out rate is also measured every that many steps, as
-    ``held_out_curve`` (``[{"step", "bits_per_latent"}]``, ending with the trained model's rate
-    at its last step), so one training shows whether the model's rate, and the ranking of
-    several, still moves with more steps.
+    ``held_out_curve`` (``[{"step", "bits_per_latent", "train_bits_per_latent"}]``, ending with the
+    trained model's rate at its last step; ``train_bits_per_latent``: the training crops' mean rate
+    since the previous point), so one training shows whether the model's rate, and the ranking of
+    several, still moves with more steps, and whether it overfits.
+
+    With ``early_stop`` > 0 the model trains on all but a tenth of ``train``'s images
+    (:func:`stop_split`), its rate on that tenth is measured every ``early_stop`` steps, training
+    stops after :data:`STOP_PATIENCE` measurements without a new lowest (``config.steps`` is
+    then a cap) and the model keeps its weights of the lowest, the starting ones included; the
+    result also has ``stop_curve`` and ``stopped_at``. ``held_out`` is never looked at before the
+    end, so the stopping point is not chosen on the images the rate is reported on.
     """
     m, c = train.latent_channels, train.hyper_channels
     torch.manual_seed(config.seed)  # the initial weights too: same seed, same bits
@@ -62,12 +72,23 @@ def dedicated_rate(
     if init is not None:
         init_from_proxy(model, init)  # on the CPU, where the proxy was loaded
     start = measure(model.to(device), held_out)["bits_per_latent"] if init is not None else None
+    if curve_every > 0 and early_stop > 0:
+        raise ValueError("a dedicated model has one held-out curve: curve_every or early_stop, not both")
     curve = None
     if curve_every > 0:
         curve = HeldOut(lambda: {"bits_per_latent": measure(model, held_out)["bits_per_latent"]}, curve_every)
+    fit_set = train
+    if early_stop > 0:
+        fit_set, stop_set = stop_split(train)
+        curve = HeldOut(
+            lambda: {"bits_per_latent": measure(model, stop_set)["bits_per_latent"]},
+            early_stop,
+            plateau=Plateau(patience=STOP_PATIENCE, min_delta=0.0, drops=0),
+            identity=f"{train.images_hash}/stop{len(stop_set)}",
+        )
     fit_context(
         model,
-        train,
+        fit_set,
         config,
         checkpoint=checkpoint,
         meta=meta,
@@ -77,11 +98,40 @@ def dedicated_rate(
         held_out=curve,
     )
     out = measure(model, held_out)
+    if early_stop > 0:
+        return {
+            **out,
+            "start_bits_per_latent": start,
+            "stop_curve": curve.curve,
+            "stopped_at": curve.plateau.lowest_step,
+            "steps_run": curve.steps_run,
+        }
     if curve is not None:
         if not curve.curve or curve.curve[-1]["step"] != curve.steps_run:  # N does not divide the steps
-            curve.curve.append({"step": curve.steps_run, "bits_per_latent": out["bits_per_latent"]})
+            point = {"step": curve.steps_run, "bits_per_latent": out["bits_per_latent"]}
+            if curve.train_since is not None:
+                point["train_bits_per_latent"] = curve.train_since
+            curve.curve.append(point)
         out["held_out_curve"] = curve.curve
     return out if start is None else {**out, "start_bits_per_latent": start}
+
+
+STOP_FRACTION = 0.1  # of the training images, held out from training to stop on
+STOP_PATIENCE = 2  # measurements without a new lowest before an early-stopped model stops
+
+
+def stop_split(train: LatentSet, fraction: float = STOP_FRACTION) -> tuple[LatentSet, LatentSet]:
+    """(fit, stop): ``train`` without and with its stopping images, a fixed draw of
+    ceil(``fraction`` × images) by name (the same for every model and run of a training set)."""
+    if len(train) < 2:
+        raise UserError(
+            f"--verify-early-stop holds out a tenth of the training images; {len(train)} is too few"
+        )
+    names = sorted(train.names)
+    n_stop = max(1, int(np.ceil(fraction * len(names))))
+    picked = np.random.default_rng(0).permutation(len(names))[:n_stop]
+    stop = {names[i] for i in picked}
+    return train.subset([n for n in names if n not in stop]), train.subset(sorted(stop))
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -118,6 +168,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="measure each dedicated model's held-out rate every N steps as well (0: only at the "
         "end); experiments/dedicated_stability.py then shows whether the dedicated ranking still "
         "changes with more steps",
+    )
+    p.add_argument(
+        "--verify-early-stop",
+        type=number(at_least=0),
+        default=0,
+        help="stop each dedicated model once its rate on a tenth of the training images, held out "
+        f"from its training, has not reached a new lowest in {STOP_PATIENCE} measurements this many "
+        "steps apart, and keep its lowest weights (--verify-steps is then a cap); 0: train every "
+        "model exactly --verify-steps steps (default: 0)",
     )
     p.add_argument(
         "--jobs",
@@ -164,7 +223,10 @@ def dedicated_objective(args, lat: LatentSet):
     cfg = verify_config(args)
     path = verify_proxy_path(args)
     init = load_context(path)[0] if path else None
-    return lambda order: dedicated_rate(order, train, lat, cfg, progress=False, init=init)["bits"]
+    stop = getattr(args, "verify_early_stop", 0)
+    return lambda order: dedicated_rate(order, train, lat, cfg, progress=False, init=init, early_stop=stop)[
+        "bits"
+    ]
 
 
 def shipped_autoregressive(model_hash: str, quality: int | None) -> tuple | None:
@@ -203,11 +265,14 @@ def dedicated_identity(
     held_out: LatentSet,
     init: str = "scratch",
     curve_every: int = 0,
+    early_stop: int = 0,
 ) -> dict:
     """What a dedicated result depends on; a stored result is reused only when all of it matches.
-    ``init`` is ``scratch`` or ``proxy:<proxy hash>``; ``curve_every`` only when > 0, so that
-    results stored before --verify-curve keep their identity."""
+    ``init`` is ``scratch`` or ``proxy:<proxy hash>``; ``curve_every`` and ``early_stop`` only
+    when > 0, so that results stored before those options keep their identity."""
     curve = {"curve_every": curve_every} if curve_every > 0 else {}
+    if early_stop > 0:
+        curve["early_stop"] = {"every": early_stop, "fraction": STOP_FRACTION, "patience": STOP_PATIENCE}
     return {
         "spec": spec_name,
         "init": init,
@@ -219,11 +284,12 @@ def dedicated_identity(
     }
 
 
-def _file_stem(name: str, init: str = "scratch") -> str:
+def _file_stem(name: str, init: str = "scratch", early_stop: int = 0) -> str:
     """File name of a dedicated model: the order (or baseline), tagged with the proxy it starts
-    from, so that runs with different proxies can share one folder."""
+    from and its early stopping, so that runs with different proxies or stopping share one folder."""
     stem = name.replace(",", "-").replace(";", "_")
-    return stem if init == "scratch" else f"{stem}.{init.replace(':', '-')}"
+    stem = stem if init == "scratch" else f"{stem}.{init.replace(':', '-')}"
+    return f"{stem}.stop{early_stop}" if early_stop > 0 else stem
 
 
 def init_label(proxy: tuple | None) -> str:
@@ -241,10 +307,21 @@ def _worker_init(train_path: str, held_out_path: str, proxy_path: str | None, de
     _WORKER["proxy"] = load_context(proxy_path) if proxy_path else None
 
 
-def _worker_train(name: str, cfg: FitConfig, folder: str, curve_every: int) -> tuple[str, dict]:
+def _worker_train(
+    name: str, cfg: FitConfig, folder: str, curve_every: int, early_stop: int
+) -> tuple[str, dict]:
     w = _WORKER
     return name, _train_dedicated(
-        name, w["train"], w["held_out"], cfg, Path(folder), False, w["proxy"], w["device"], curve_every
+        name,
+        w["train"],
+        w["held_out"],
+        cfg,
+        Path(folder),
+        False,
+        w["proxy"],
+        w["device"],
+        curve_every,
+        early_stop,
     )
 
 
@@ -258,13 +335,14 @@ def _train_dedicated(
     proxy: tuple | None = None,
     device: str | torch.device = "cpu",
     curve_every: int = 0,
+    early_stop: int = 0,
 ) -> dict:
     named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
     spec = named[name] if name in named else od.DecodingOrder.parse(name)
-    stem = _file_stem(name, init_label(proxy))
+    stem = _file_stem(name, init_label(proxy), early_stop)
     t0 = time.time()
     init = proxy[0] if proxy else None
-    identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy), curve_every)
+    identity = dedicated_identity(name, cfg, train, held_out, init_label(proxy), curve_every, early_stop)
     ckpt = folder / f"{stem}.pt"
     stamp = folder / f"{stem}.identity.json"  # what the checkpoint was started for
     if ckpt.is_file() and (not stamp.is_file() or json.loads(stamp.read_text()) != identity):
@@ -273,7 +351,16 @@ def _train_dedicated(
         ckpt.unlink()
     write_json(identity, stamp)
     res = dedicated_rate(
-        spec, train, held_out, cfg, ckpt, progress, init=init, device=device, curve_every=curve_every
+        spec,
+        train,
+        held_out,
+        cfg,
+        ckpt,
+        progress,
+        init=init,
+        device=device,
+        curve_every=curve_every,
+        early_stop=early_stop,
     )
     record = {**identity, **res, "train_s": round(time.time() - t0, 1), "device": str(device)}
     write_json(record, folder / f"{stem}.json")
@@ -299,23 +386,25 @@ def verify(
     folder.mkdir(parents=True, exist_ok=True)
     proxy_path = verify_proxy_path(args)
     proxy = load_context(proxy_path) if proxy_path else None
-    every = args.verify_curve
+    every, stop = args.verify_curve, args.verify_early_stop
     results, todo = {}, []
     for name in verify_specs(args.patch, found, table, args.verify):
-        path = folder / f"{_file_stem(name, init_label(proxy))}.json"
+        path = folder / f"{_file_stem(name, init_label(proxy), stop)}.json"
         if path.is_file():
             rec = json.loads(path.read_text())
             rec.setdefault("init", "scratch")  # records written before --verify-init
-            if all(
-                rec.get(k) == v
-                for k, v in dedicated_identity(name, cfg, train, lat, init_label(proxy), every).items()
+            want = dedicated_identity(name, cfg, train, lat, init_label(proxy), every, stop)
+            # a stored curve does not change the model, so a run without one reuses it; early
+            # stopping does, so it must match either way
+            if all(rec.get(k) == v for k, v in want.items()) and rec.get("early_stop") == want.get(
+                "early_stop"
             ):
                 results[name] = rec
                 continue
         todo.append(name)
     if todo:
         print(
-            f"training {len(todo)} dedicated models ({cfg.steps} steps each, "
+            f"training {len(todo)} dedicated models ({'at most ' if stop else ''}{cfg.steps} steps each, "
             f"{args.jobs} at a time) in {folder}"
         )
     if args.jobs > 1 and len(todo) > 1:
@@ -326,11 +415,11 @@ def verify(
             initializer=_worker_init,
             initargs=(str(train_path), held_out_path, proxy_path, str(device)),
         ) as pool:
-            futures = [pool.submit(_worker_train, name, cfg, str(folder), every) for name in todo]
+            futures = [pool.submit(_worker_train, name, cfg, str(folder), every, stop) for name in todo]
             for fut in tqdm(as_completed(futures), total=len(futures), desc="dedicated", unit="model"):
                 name, rec = fut.result()
                 results[name] = rec
     else:
         for name in todo:
-            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy, device, every)
+            results[name] = _train_dedicated(name, train, lat, cfg, folder, True, proxy, device, every, stop)
     return results

@@ -11,7 +11,7 @@ from orderopt.errors import UserError
 from orderopt.fit import FitConfig, fit_context, measure
 from orderopt.latents import LatentEntry, LatentSet
 from orderopt.model import gaussian_bits, mixture_bits
-from orderopt.verify import dedicated_rate
+from orderopt.verify import STOP_PATIENCE, dedicated_rate, stop_split
 
 from .conftest import DEVICES
 
@@ -142,6 +142,38 @@ def test_dedicated_curve_measures_without_changing_the_training():
     assert r["held_out_curve"][-1]["bits_per_latent"] == r["bits_per_latent"] == plain["bits_per_latent"]
     assert r["start_bits_per_latent"] == plain["start_bits_per_latent"]
     assert len({p["bits_per_latent"] for p in r["held_out_curve"]}) == 3  # it trained in between
+    # each point also has the training crops' mean rate over its 2 steps (overfitting shows there)
+    assert all(p["train_bits_per_latent"] > 0 for p in r["held_out_curve"])
+
+
+def test_stop_split_is_a_fixed_tenth_of_the_training_images():
+    train = random_latents(12, seed=1)
+    fit, stop = stop_split(train)
+    assert len(stop) == 2 and len(fit) == 10  # ceil(10% of 12)
+    assert set(fit.names) | set(stop.names) == set(train.names) and not set(fit.names) & set(stop.names)
+    again = stop_split(LatentSet(tuple(reversed(train.entries)), "test", "test"))[1]
+    assert sorted(again.names) == sorted(stop.names)  # by name, not by position
+    with pytest.raises(UserError, match="too few"):
+        stop_split(random_latents(1))
+
+
+def test_early_stopped_dedicated_model_keeps_its_lowest_weights():
+    """--verify-early-stop: the rate on the stopping tenth every N steps; a learning rate that
+    only harms stops after STOP_PATIENCE measurements with the proxy's starting weights kept."""
+    train, held = random_latents(10, seed=1), random_latents(2, seed=2)
+    torch.manual_seed(0)
+    proxy = AnyOrderContext(2, M, CH)
+    harmful = FitConfig(steps=50, batch=2, crop=4, lr=10.0, seed=0)
+    r = dedicated_rate(o.raster(2), train, held, harmful, progress=False, init=proxy, early_stop=2)
+    steps = [p["step"] for p in r["stop_curve"]]
+    assert steps == [0, 2, 4] and r["steps_run"] == 4 == 2 * STOP_PATIENCE  # stopped, not capped
+    assert r["stopped_at"] == 0 and r["bits_per_latent"] == pytest.approx(r["start_bits_per_latent"])
+    useful = FitConfig(steps=6, batch=2, crop=4, lr=3e-3, seed=0)
+    r = dedicated_rate(o.raster(2), train, held, useful, progress=False, init=proxy, early_stop=2)
+    curve = {p["step"]: p["bits_per_latent"] for p in r["stop_curve"]}
+    assert r["stopped_at"] == min(curve, key=curve.get) and r["steps_run"] <= 6
+    with pytest.raises(ValueError, match="not both"):
+        dedicated_rate(o.raster(2), train, held, useful, progress=False, curve_every=2, early_stop=2)
 
 
 def interrupt_sampling(monkeypatch, at_call: int):

@@ -7,6 +7,7 @@ import importlib
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -434,6 +435,22 @@ def test_dedicated_stability_of_a_tiny_run_with_curves(tmp_path, monkeypatch, ca
     )
     assert [len(t) for t in md_tables(text)] == [3, len(result["final"])]
     assert (tmp_path / "stability.png").stat().st_size > 0
+    # drift: each model's lowest point on its curve, the final rate's rise above it, the verdict
+    curve = {
+        n: {0: start[n], **{p["step"]: p["bits_per_latent"] for p in d["held_out_curve"]}}
+        for n, d in dedicated.items()
+    }
+    for n, c in curve.items():
+        assert result["early_stopped"]["rates"][n] == min(c.values())
+        assert result["rise_to_final_percent"][n] == pytest.approx(100 * (c[3] / min(c.values()) - 1))
+    rose = statistics.median(result["rise_to_final_percent"].values()) > 0.1
+    assert result["rates_rose"] == rose and ("rise with more steps" in text) == rose
+    assert all(
+        len(p) == 3 and p["train_bits_per_latent"] > 0
+        for d in dedicated.values()
+        for p in d["held_out_curve"]
+    )
+    assert "training crops' rate" in text
     # a verified run without curves is refused in one line
     plain = tmp_path / "plain"
     i = args.index("--verify-curve")

@@ -454,3 +454,14 @@ def test_verify_curve_reuses_and_refuses_stored_dedicated_models(tmp_path):
     assert r.returncode == 2 and "give --verify N as well" in r.stderr and "Traceback" not in r.stderr
     r = run(*map(str, [*common, "--verify-curve", "5", "--out", tmp_path / "y"]))
     assert r.returncode == 2 and "longer than --verify-steps 2" in r.stderr and "Traceback" not in r.stderr
+    # early stopping changes the model: a run with it never reuses the fixed-budget models
+    assert search.main(list(map(str, [*common, "--verify-early-stop", "1", "--out", tmp_path / "stop"]))) == 0
+    manifest = json.loads((tmp_path / "stop" / "manifest.json").read_text())
+    assert all("stop_curve" in d and "stopped_at" in d for d in manifest["dedicated"].values())
+    stopped = [r for r in records().values() if r.get("early_stop")]
+    assert len(stopped) == len(manifest["dedicated"]) and all(r["early_stop"]["every"] == 1 for r in stopped)
+    assert search.main(list(map(str, [*common, "--out", tmp_path / "plain3"]))) == 0
+    plain = json.loads((tmp_path / "plain3" / "manifest.json").read_text())["dedicated"]
+    assert all("stop_curve" not in d for d in plain.values())  # the fixed-budget models, not these
+    r = run(*map(str, [*common, "--verify-curve", "1", "--verify-early-stop", "1", "--out", tmp_path / "z"]))
+    assert r.returncode == 2 and "give one" in r.stderr and "Traceback" not in r.stderr
