@@ -78,6 +78,28 @@ def bd_rate(rates: list[float], psnrs: list[float], base: list[float]) -> float:
     return float(bd.bd_rate(base, psnrs, rates, psnrs, method="akima"))
 
 
+def stopping_lines(runs: list[Path], entries: list[dict]) -> list[str]:
+    """Where each row's early-stopped dedicated models stopped (``search --verify-early-stop``),
+    per quality; nothing for fixed-budget runs."""
+    dedicated = [json.loads((r / "manifest.json").read_text()).get("dedicated") or {} for r in runs]
+    if not all(any("stopped_at" in rec for rec in d.values()) for d in dedicated):
+        return []
+    lines = [
+        "Early stopping: the step whose weights each dedicated model kept (its lowest rate on a tenth "
+        "of the training images held out from its training), of the steps it ran, at q1 / q2 / q3:",
+        "",
+        "| schedule | kept step / steps run |",
+        "|---|---|",
+    ]
+    for e in entries:
+        cells = []
+        for d, order in zip(dedicated, e["orders"], strict=True):
+            rec = d.get(order, {})
+            cells.append(f"{rec['stopped_at']} / {rec['steps_run']}" if "stopped_at" in rec else "–")
+        lines.append(f"| {e['name']} | {' ; '.join(cells)} |")
+    return [*lines, ""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -166,6 +188,7 @@ def main() -> None:
             bpps = " / ".join(f"{v:.4f}" for v in e["bpp"])
             lines.append(f"| {e['name']} | {bpps} | {c_bd} | {c_per} | {a_bd} | {a_per} |")
         lines.append("")
+        lines += stopping_lines(runs, [t for t in table if t["patch"] == patch])
         for e in (
             t
             for t in table

@@ -523,6 +523,24 @@ def test_bd_rate_contexts_best_is_the_search_pick_not_the_held_out_winner():
     assert rows["paper 2×2"]["order"] == "0,1;2,3"
 
 
+def test_bd_rate_contexts_lists_where_early_stopped_models_stopped(tmp_path):
+    runs = []
+    for q, stop in enumerate((250, 375, 0)):
+        run = tmp_path / f"q{q + 1}"
+        run.mkdir()
+        dedicated = {"autoregressive": {"stopped_at": stop, "steps_run": stop + 250}, "0,1;2,3": {}}
+        (run / "manifest.json").write_text(json.dumps({"dedicated": dedicated}))
+        runs.append(run)
+    entries = [
+        {"name": "autoregressive", "orders": ["autoregressive"] * 3},
+        {"name": "x", "orders": ["0,1;2,3"] * 3},
+    ]
+    text = "\n".join(bdc.stopping_lines(runs, entries))
+    assert "| autoregressive | 250 / 500 ; 375 / 625 ; 0 / 250 |" in text and "| x | – ; – ; – |" in text
+    (runs[1] / "manifest.json").write_text(json.dumps({"dedicated": {"autoregressive": {}}}))
+    assert bdc.stopping_lines(runs, entries) == []  # fixed-budget runs: nothing to list
+
+
 def test_bd_rate_contexts_refuses_runs_on_different_bases(photo_dir, tmp_path, monkeypatch):
     import shutil
 
