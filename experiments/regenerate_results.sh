@@ -55,6 +55,10 @@ python -m orderopt.search --quality 2 --patch 4 --strategy dp --table-fraction 0
     --out results/search-patch4-bsdsval-verify-curve
 python experiments/dedicated_stability.py results/search-patch4-bsdsval-verify-curve \
     --out results/dedicated_stability_patch4
+# BD-rate over q1-q3 on dedicated models: 500 steps each (2x2 and 4x4), then 4x4 early-stopped
+# (each model at its lowest on a tenth of the training images; ~35 min a quality on 2 cores)
+bash experiments/dedicated_bd_runs.sh "$BSDS"
+EARLY_STOP=125 PATCHES=4 bash experiments/dedicated_bd_runs.sh "$BSDS"
 python experiments/bench_base_step.py --out results
 # the shipped model's runs on one basis (embedded photographs and wikiphotos), the proxies'
 # baseline gaps (previous model's protocol), then the three qualities' runs, BD-rates, base
