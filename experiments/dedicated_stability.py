@@ -36,10 +36,10 @@ from converge_summary import ranking_over_training, settled_step
 from outputs import save_results
 from scipy.stats import spearmanr
 
-from orderopt import orders as od
 from orderopt.context import dedicated
 from orderopt.errors import UserError
 from orderopt.results import BASELINES, Run
+from orderopt.verify import dedicated_spec
 
 RISE_PERCENT = 0.1  # a final rate this far above the curve's lowest: the fine-tuning lost rate
 
@@ -62,12 +62,8 @@ def parameters(run: Run, names: list[str]) -> dict[str, int]:
     m, c = proxy.get("latent_channels"), proxy.get("hyper_channels")
     if not (m and c):
         return {}
-    named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard()}
-    out = {}
-    for n in names:
-        spec = named.get(n) or (n if n == "autoregressive" else od.DecodingOrder.parse(n))
-        out[n] = sum(p.numel() for p in dedicated(spec, m, c, int(proxy.get("mixture", 1))).parameters())
-    return out
+    k = int(proxy.get("mixture", 1))
+    return {n: sum(p.numel() for p in dedicated(dedicated_spec(n), m, c, k).parameters()) for n in names}
 
 
 def curves(run: Run) -> dict[str, dict[int, float]]:
@@ -139,7 +135,7 @@ def stability(by_name: dict[str, dict[int, float]], proxy: dict[str, float] | No
     lowest = {n: min(steps, key=lambda s, c=c: (c[s], s)) for n, c in by_name.items()}
     rises = {n: relative(final[n], by_name[n][lowest[n]]) for n in by_name}
     early = {n: by_name[n][lowest[n]] for n in by_name}
-    early_best = min((n for n in order_names), key=early.get)
+    early_best = min(order_names, key=early.get)
     early_stopped = {"best_order": early_best, "rates": early}
     for base in ("autoregressive", "checkerboard"):
         if base in early:

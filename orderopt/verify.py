@@ -292,6 +292,13 @@ def _file_stem(name: str, init: str = "scratch", early_stop: int = 0) -> str:
     return f"{stem}.stop{early_stop}" if early_stop > 0 else stem
 
 
+def dedicated_spec(name: str) -> od.DecodingOrder | str:
+    """What :func:`orderopt.context.dedicated` builds for a verified row's name: an order, a
+    baseline's schedule, or ``"autoregressive"``."""
+    named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard()}
+    return name if name == "autoregressive" else named.get(name) or od.DecodingOrder.parse(name)
+
+
 def init_label(proxy: tuple | None) -> str:
     return f"proxy:{proxy[1]['hash']}" if proxy else "scratch"
 
@@ -337,8 +344,7 @@ def _train_dedicated(
     curve_every: int = 0,
     early_stop: int = 0,
 ) -> dict:
-    named = {"hyperprior": od.hyperprior_only(), "checkerboard": od.checkerboard(), "autoregressive": name}
-    spec = named[name] if name in named else od.DecodingOrder.parse(name)
+    spec = dedicated_spec(name)
     stem = _file_stem(name, init_label(proxy), early_stop)
     t0 = time.time()
     init = proxy[0] if proxy else None
