@@ -142,8 +142,8 @@ def main() -> None:
     proxy, proxy_meta = load_context(args.proxy or shipped_weights(f"proxy_k{k}", args.quality))
     oracle = ProxyOracle(proxy, lat)
     sizes = [rows_per_image(lat, k, q) for q in range(k2)]
-    shipped = not (args.model or args.proxy)  # the shipped pair of --quality (cache named by it)
-    key = f"q{args.quality}" if shipped else f"{meta['hash']}-{proxy_meta['hash']}"
+    shipped = not (args.model or args.proxy)  # the shipped pair of --quality
+    key = f"{meta['hash']}-{proxy_meta['hash']}"  # by weights, not by name: shipped weights change
     blocks = row_level(oracle, Path(args.cache) / f"{key}-k{k}-{lat.images_hash}")
     exact = table_from_rows(blocks, sizes, k)
     table_meta = {
