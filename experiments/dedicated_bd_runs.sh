@@ -7,10 +7,8 @@
 # BSDS500, dedicated models lose rate on other photographs, results/retired.md). Every row of a
 # run is verified, so its table is on the dedicated basis; bd_rate_contexts.py then reads them
 # with the base models' PSNR on the same images.
-# The proxy of each quality is its converged one (experiments/weights/converged/qQ_proxy_kK.pt)
-# where it is not shipped yet, else the shipped one, but only where a --converge record
-# (results/context/converge/qQ_proxy_kK.json) shows the shipped weights within the rule's
-# tolerance of converged; otherwise the run stops and says which proxy to converge first.
+# The proxy of each quality is its shipped one (orderopt/weights/qQ/proxy_kK.pt), trained until its
+# rate on BSDS500 val stopped improving (results/context/converge/).
 # Caveat: the DP picks its order on the same val latents its dedicated models are measured on.
 # Resumable: re-run after an interruption.
 # 4×4: BSDS500 val has 12 times the embedded photographs' patches, so the DP's cost table is
@@ -49,17 +47,7 @@ for K in $PATCHES; do
         --images "$BSDS/train" "$BSDS/test" --out "$LAT/train_latents.pt"
     [ -f "$LAT/val_latents.pt" ] || python -m orderopt.latents --quality "$Q" --images "$BSDS/val" \
         --out "$LAT/val_latents.pt"
-    PROXY=experiments/weights/converged/q${Q}_proxy_k$K.pt
-    if [ ! -f "$PROXY" ]; then
-      PROXY=orderopt/weights/q$Q/proxy_k$K.pt
-      REC=results/context/converge/q${Q}_proxy_k$K.json
-      python -c 'import json, sys
-r = json.load(open(sys.argv[1])); c = r["convergence"]; start = r["held_out_curve"][0]["bits_per_latent"]
-sys.exit(not (c["converged"] and r["init"]["from"] == sys.argv[2] and start - c["lowest"] <= c["min_delta"] * start))' \
-          "$REC" "$PROXY" 2>/dev/null || {
-        echo "quality $Q's ${K}x$K proxy has not been shown converged ($REC): run" \
-             "bash experiments/converge_context.sh $Q proxy_k$K first" >&2; exit 2; }
-    fi
+    PROXY=orderopt/weights/q$Q/proxy_k$K.pt
     OUT=results/search-patch$K-q$Q-bsdsval-dedicated$SUFFIX
     FIXED=results/search-patch$K-q$Q-bsdsval-dedicated/costs.npz
     if [ -n "$SUFFIX" ] && [ -f "$FIXED" ] && [ ! -f "$OUT/costs.npz" ]; then
