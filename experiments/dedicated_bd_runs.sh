@@ -13,7 +13,7 @@
 # Resumable: re-run after an interruption.
 # 4×4: BSDS500 val has 12 times the embedded photographs' patches, so the DP's cost table is
 # filled from 1/64 of its sets (TABLE_FRACTION; results/bench_cost_table.md: the DP optimum was
-# found in 4 of 4 draws at that fraction; expect about 12 times its fill time there).
+# found in 6 of 6 draws at that fraction; expect about 12 times its fill time there).
 # EARLY_STOP=S: instead of a fixed budget, each dedicated model stops once its rate on a fixed
 # tenth of the training images (held out from its training) has not reached a new lowest in two
 # measurements S steps apart, and keeps its lowest weights (STEPS, default 2000, is then a cap):
