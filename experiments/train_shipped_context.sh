@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Trains the context models shipped in orderopt/weights/qQ/ for the base model of quality Q:
+# Trains the context models shipped in orderopt/weights/qQ/ for the base model of quality Q, first of
+# two stages (it overwrites the shipped weights with its own): after every quality's first stage
+# (q1 and q3 start from q2's), `EXPORT=1 bash experiments/converge_context.sh Q` trains each until
+# converged and exports it (experiments/weights/README.md). This stage:
 # the any-order proxies for 2x2 and 4x4 patches (a quarter of each batch with the
 # autoregressive context, so that they rate autoregressive on the same weights) and the
 # dedicated autoregressive baseline, all with the same latents, crops, batch, steps and seed,
