@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BSDS=${1:-../shared/datasets/bsds500}
 EARLY_STOP=${EARLY_STOP:-0}
-STOP=()
+STOP=(--verify-early-stop 0)  # the fixed budget of the committed table (early stop is the default)
 SUFFIX=""
 if [ "$EARLY_STOP" != 0 ]; then
   STEPS=${STEPS:-2000}

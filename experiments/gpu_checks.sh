@@ -11,7 +11,8 @@
 # context: rate-engine speed on the GPU -> OUT_DIR/bench_context_cuda.{json,md};
 # train:   context-model training speed on the GPU -> OUT_DIR/bench_train_cuda.{json,md};
 # verify:  end to end, `search --patch 2 --verify 2` with the dedicated models trained on the
-#          GPU (on the embedded photographs, 300 steps: a smoke run, not a verification).
+#          GPU (on the embedded photographs, at most 300 steps, stopped early by default: a smoke run,
+#          not a verification).
 # Packages the GPU machine's image lacks (it has no internet) are installed from wheels in
 # .whl/ (git-ignored; carry it: `pip download constriction numba llvmlite --no-deps
 # --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl`).

@@ -28,7 +28,7 @@ STEPS=${STEPS_OVERRIDE:-$STEPS}
 RANDOM_ORDERS=${RANDOM_ORDERS:-200}
 [ -n "${HELD_OUT:-}" ] && SUFFIX="$SUFFIX-bsdsval"
 COMMON=(--train-latents "$TRAIN" --verify-steps "$STEPS" --verify-init "$PROTOCOL" --seed 0 --jobs "$JOBS"
-  --dedicated-dir "checkpoints/dedicated$SUFFIX")
+  --verify-early-stop 0 --dedicated-dir "checkpoints/dedicated$SUFFIX")
 [ -n "${HELD_OUT:-}" ] && COMMON+=(--latents "$HELD_OUT")
 PATCHES=${PATCHES:-2 4}  # PATCHES=2 for the 2x2 run alone
 for K in $PATCHES; do

@@ -57,7 +57,7 @@ from .results import (
 )
 from .tables import default_fraction, fill_resumably, open_table, scored_sets, settled_surrogate
 from .verify import add_options as add_verify_options
-from .verify import dedicated_objective, shipped_autoregressive, verify
+from .verify import dedicated_objective, default_early_stop, shipped_autoregressive, verify
 
 STRATEGIES = ("auto", *strategies.REGISTRY)
 
@@ -192,17 +192,24 @@ def check_arguments(args) -> str:
         )
     if args.verify_curve and not args.verify:
         raise UserError("--verify-curve measures dedicated models: give --verify N as well")
-    if args.verify_early_stop and not args.verify:
+    dedicated = bool(args.verify) or args.objective == "dedicated"
+    if args.verify_early_stop and not dedicated:
         raise UserError("--verify-early-stop stops dedicated models: give --verify N as well")
     if args.verify_curve and args.verify_early_stop:
         raise UserError(
             "--verify-curve and --verify-early-stop each measure a curve during training; give one"
         )
-    if args.verify_curve > args.verify_steps:
-        raise UserError(
-            f"--verify-curve {args.verify_curve} is longer than --verify-steps {args.verify_steps}: "
-            "the curve would have no point; give a smaller interval"
-        )
+    for option, every in (
+        ("--verify-curve", args.verify_curve),
+        ("--verify-early-stop", args.verify_early_stop),
+    ):
+        if every and every > args.verify_steps:
+            raise UserError(
+                f"{option} {every} is longer than --verify-steps {args.verify_steps}: "
+                "no measurement would fall within the budget; give a smaller interval"
+            )
+    if args.verify_early_stop is None:  # resolved here, so the manifest records what ran
+        args.verify_early_stop = default_early_stop(dedicated, args.verify_curve, args.verify_steps)
     if (args.storage or args.study) and strategy != "optuna":
         raise UserError("--storage and --study are for --strategy optuna")
     if args.storage:

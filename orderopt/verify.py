@@ -3,8 +3,10 @@
 A dedicated model is the multistage context model of one order (or a baseline) trained on
 training latents and measured on the held-out ones. ``search --verify N`` trains one for the N
 best candidates, every published order, the worst candidate and every baseline, all under one
-budget, ``--jobs`` at a time, each saved as it finishes so that a re-run resumes and runs that
-share a training set and budget share their models (:func:`verify`).
+protocol (by default each stops at its lowest rate on a tenth of the training images held out
+from it, within a cap of steps; ``--verify-early-stop 0``: one fixed budget), ``--jobs`` at a
+time, each saved as it finishes so that a re-run resumes and runs that share a training set and
+budget share their models (:func:`verify`).
 """
 
 from __future__ import annotations
@@ -118,6 +120,18 @@ def dedicated_rate(
 
 STOP_FRACTION = 0.1  # of the training images, held out from training to stop on
 STOP_PATIENCE = 2  # measurements without a new lowest before an early-stopped model stops
+# the default interval: the one of the committed early-stopped tables (dedicated_bd_runs.sh),
+# where every fixed budget had trained its models past their lowest held-out rate
+DEFAULT_STOP_EVERY = 125
+
+
+def default_early_stop(dedicated: bool, curve_every: int, steps: int) -> int:
+    """``--verify-early-stop`` when not given: early stopping whenever dedicated models train
+    (``dedicated``), every :data:`DEFAULT_STOP_EVERY` steps or at the end of a shorter budget;
+    0 (a fixed budget) with a ``--verify-curve``, which measures the whole budget instead."""
+    if not dedicated or curve_every > 0:
+        return 0
+    return min(DEFAULT_STOP_EVERY, steps)
 
 
 def stop_split(train: LatentSet, fraction: float = STOP_FRACTION) -> tuple[LatentSet, LatentSet]:
@@ -125,7 +139,9 @@ def stop_split(train: LatentSet, fraction: float = STOP_FRACTION) -> tuple[Laten
     ceil(``fraction`` × images) by name (the same for every model and run of a training set)."""
     if len(train) < 2:
         raise UserError(
-            f"--verify-early-stop holds out a tenth of the training images; {len(train)} is too few"
+            f"--verify-early-stop holds out a tenth of the training images; {len(train)} is too few: "
+            "give more training images, or --verify-early-stop 0 to train on all of them for exactly "
+            "--verify-steps steps"
         )
     names = sorted(train.names)
     n_stop = max(1, int(np.ceil(fraction * len(names))))
@@ -141,12 +157,18 @@ def add_options(p: argparse.ArgumentParser) -> None:
         type=number(at_least=0),
         default=0,
         help="train dedicated models for the N best candidates, the published orders, the worst "
-        "candidate and every baseline, and rank-correlate their rates with the proxy",
+        "candidate and every baseline, and rank-correlate their rates with the proxy (default: 0, none)",
     )
-    p.add_argument("--train-images", help="training image folder for --verify / dedicated objective")
-    p.add_argument("--train-latents", help="training latent file instead of --train-images")
     p.add_argument(
-        "--verify-steps", type=number(at_least=1), default=2000, help="training steps of each dedicated model"
+        "--train-images", help="training image folder for --verify / dedicated objective (default: none)"
+    )
+    p.add_argument("--train-latents", help="training latent file instead of --train-images (default: none)")
+    p.add_argument(
+        "--verify-steps",
+        type=number(at_least=1),
+        default=2000,
+        help="training steps of each dedicated model: a cap when it stops early (the default), the "
+        "budget with --verify-early-stop 0 (default: 2000)",
     )
     p.add_argument(
         "--verify-init",
@@ -154,7 +176,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
         default="proxy",
         help="start dedicated models from the proxy's weights restricted to their masks (a short "
         "budget measures what specialising to the order gains), or from random weights (needs "
-        "budgets far beyond a CPU's to converge; results/ shows both)",
+        "budgets far beyond a CPU's to converge; results/ shows both; default: proxy)",
     )
     p.add_argument(
         "--verify-lr",
@@ -167,16 +189,17 @@ def add_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="measure each dedicated model's held-out rate every N steps as well (0: only at the "
         "end); experiments/dedicated_stability.py then shows whether the dedicated ranking still "
-        "changes with more steps",
+        "changes with more steps (default: 0)",
     )
     p.add_argument(
         "--verify-early-stop",
         type=number(at_least=0),
-        default=0,
+        default=None,
         help="stop each dedicated model once its rate on a tenth of the training images, held out "
         f"from its training, has not reached a new lowest in {STOP_PATIENCE} measurements this many "
         "steps apart, and keep its lowest weights (--verify-steps is then a cap); 0: train every "
-        "model exactly --verify-steps steps (default: 0)",
+        f"model exactly --verify-steps steps (default: {DEFAULT_STOP_EVERY}, or --verify-steps if "
+        "smaller; 0 with --verify-curve)",
     )
     p.add_argument(
         "--jobs",
@@ -223,7 +246,7 @@ def dedicated_objective(args, lat: LatentSet):
     cfg = verify_config(args)
     path = verify_proxy_path(args)
     init = load_context(path)[0] if path else None
-    stop = getattr(args, "verify_early_stop", 0)
+    stop = getattr(args, "verify_early_stop", 0) or 0
     return lambda order: dedicated_rate(order, train, lat, cfg, progress=False, init=init, early_stop=stop)[
         "bits"
     ]

@@ -383,7 +383,8 @@ def tiny_verify_args(tmp_path: Path, steps: int) -> list:
     random_latents(seed=1).save(tmp_path / "train.pt")
     proxy = untrained_proxy(tmp_path / "proxy.pt", 2, "test", M, CH)
     args = ["--patch", "2", "--latents", tmp_path / "held.pt", "--proxy", proxy, "--bootstrap", "100"]
-    return args + ["--verify", "1", "--train-latents", tmp_path / "train.pt", "--verify-steps", steps]
+    args += ["--verify", "1", "--train-latents", tmp_path / "train.pt", "--verify-steps", steps]
+    return args + ["--verify-early-stop", "0"]  # a fixed budget; tests of early stopping give their own
 
 
 def test_dedicated_stability_of_a_tiny_run_with_curves(tmp_path, monkeypatch, capsys):

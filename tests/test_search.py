@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 
 from orderopt import orders as o
 from orderopt import search, train
-from orderopt.results import COLUMNS, FRONTIER_COLUMNS, rank_correlations
+from orderopt.results import COLUMNS, FRONTIER_COLUMNS, rank_correlations, settings_key
 
 
 @pytest.fixture
@@ -270,6 +271,8 @@ def test_verify_trains_dedicated_models(setup, image_dir):
                 "2",
                 "--verify-init",
                 "scratch",
+                "--verify-early-stop",
+                "0",  # the fixed budget: every model exactly --verify-steps steps
                 "--jobs",
                 "2",
                 "--dedicated-dir",
@@ -291,10 +294,11 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     search.main(
         ["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(tmp / "again")]
         + ["--verify", "1", "--train-images", str(image_dir), "--verify-steps", "2"]
-        + ["--verify-init", "scratch", "--dedicated-dir", str(tmp / "shared")]
+        + ["--verify-init", "scratch", "--verify-early-stop", "0", "--dedicated-dir", str(tmp / "shared")]
     )
     assert all(p.stat().st_mtime == t for p, t in mtimes.items())
-    # started from the proxy: every model, the baselines included, records where it started
+    # started from the proxy (the default), stopped early (the default: measured at the end of a
+    # budget shorter than DEFAULT_STOP_EVERY): every model records where it started and stopped
     search.main(
         ["--patch", "2", *common, "--proxy", str(proxies[2]), "--out", str(tmp / "warm")]
         + ["--verify", "1", "--train-images", str(image_dir), "--verify-steps", "2"]
@@ -304,6 +308,10 @@ def test_verify_trains_dedicated_models(setup, image_dir):
     (cb,) = [p for p in (tmp / "warm-models").glob("checkerboard.proxy-*.json") if "identity" not in p.name]
     start = json.loads(cb.read_text())["start_bits_per_latent"]
     assert 0 < start < 10
+    warm = [
+        json.loads(p.read_text()) for p in (tmp / "warm-models").glob("*.json") if "identity" not in p.name
+    ]
+    assert warm and all(r["early_stop"]["every"] == 2 and "stopped_at" in r for r in warm)
     assert len(inits) == 1 and inits.pop().startswith("proxy:")
     # some rows have no dedicated model: the ranking stays on the proxy basis, dedicated rates apart
     assert len(have) >= 5 and len(have) < len(df) and (df["basis"] == "proxy").all()
@@ -465,3 +473,24 @@ def test_verify_curve_reuses_and_refuses_stored_dedicated_models(tmp_path):
     assert all("stop_curve" not in d for d in plain.values())  # the fixed-budget models, not these
     r = run(*map(str, [*common, "--verify-curve", "1", "--verify-early-stop", "1", "--out", tmp_path / "z"]))
     assert r.returncode == 2 and "give one" in r.stderr and "Traceback" not in r.stderr
+    r = run(*map(str, [*common, "--verify-early-stop", "3", "--out", tmp_path / "w"]))
+    assert r.returncode == 2 and "longer than --verify-steps 2" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_dedicated_models_stop_early_by_default():
+    """Without --verify-early-stop, dedicated models stop early every DEFAULT_STOP_EVERY steps (or
+    at the end of a shorter budget); a --verify-curve, or no dedicated model at all, means 0, so the
+    settings of runs without --verify (and their reuse) do not change."""
+    from orderopt.verify import DEFAULT_STOP_EVERY, default_early_stop
+
+    assert default_early_stop(True, 0, 2000) == DEFAULT_STOP_EVERY
+    assert default_early_stop(True, 0, 50) == 50
+    assert default_early_stop(True, 250, 2000) == 0 and default_early_stop(False, 0, 2000) == 0
+    parse = search.build_parser().parse_args
+    plain = parse(["--patch", "2"])
+    search.check_arguments(plain)
+    assert plain.verify_early_stop == 0
+    assert settings_key(plain) == settings_key(SimpleNamespace(**{**vars(plain), "verify_early_stop": None}))
+    verified = parse(["--patch", "2", "--verify", "1"])
+    search.check_arguments(verified)
+    assert verified.verify_early_stop == DEFAULT_STOP_EVERY
