@@ -30,6 +30,9 @@ def test_dp_equals_exhaustive(k):
     best, bits = st.dp(table)
     assert bits == pytest.approx(ranked[0][1]) and table.rate(best) == pytest.approx(bits)
     assert all(a[1] <= b[1] for a, b in zip(ranked, ranked[1:], strict=False))
+    assert len({order for order, _ in ranked}) == len(ranked)  # every order once
+    for order, bits in ranked[:: 1 if k == 2 else 997]:  # each rate is the order's own, summed alike
+        assert bits == table.rate(order)
 
 
 def test_exhaustive_refuses_4x4():
